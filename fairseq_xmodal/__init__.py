@@ -1,0 +1,20 @@
+"""fairseq-xmodal: SpeechT5 speech (s2c) and text (t2c) classifiers and cross-modal transfer, as a fairseq user-dir.
+
+Importing the package registers tasks `s2c` and `t2c`, models `speecht5_base` / `speecht5_tiny`, the criterion
+`xmodal_classification`, makes fairseq's checkpoint loading safe (safe_load.py), and registers the OmegaConf
+resolver `${xmodal_user_dir:}` used by config/*.yaml for `common.user_dir`.
+"""
+import os
+
+from omegaconf import OmegaConf
+
+from . import safe_load
+from .criterions import classification  # noqa: F401  (fairseq does not auto-import user criterions)
+from .models import speecht5  # noqa: F401
+from .tasks import s2c, t2c  # noqa: F401
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+safe_load.install()
+if not OmegaConf.has_resolver("xmodal_user_dir"):
+    OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)

@@ -1,0 +1,87 @@
+"""16 kHz mono utterances + class labels for s2c. Full length unless the training split asks for seeded crops."""
+import os
+from typing import List, Optional
+
+import numpy as np
+import soundfile as sf
+import torch
+from fairseq.data import FairseqDataset, data_utils
+
+
+class SpeechClassDataset(FairseqDataset):
+    def __init__(self, root: str, files: List[str], sizes: List[int], labels: Optional[List[int]],
+                 ids: Optional[List[str]], sample_rate: int, manifest: str,
+                 crop_samples: Optional[int] = None, seed: int = 1):
+        self.root, self.files, self.labels, self.ids = root, files, labels, ids
+        self.true_sizes = np.array(sizes, dtype=np.int64)
+        self.sample_rate, self.manifest = sample_rate, manifest
+        self.crop_samples, self.seed, self.epoch = crop_samples, seed, 1
+        self.sizes = self.true_sizes if crop_samples is None else np.minimum(self.true_sizes, crop_samples)
+
+    def __len__(self):
+        return len(self.files)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def load_audio(self, index: int) -> np.ndarray:
+        path = os.path.join(self.root, self.files[index])
+        try:
+            wav, sr = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises several types; name the file either way
+            raise RuntimeError(f"cannot read audio {path} (manifest {self.manifest}, line {index + 2}): {e}") from e
+        if sr != self.sample_rate:
+            raise ValueError(
+                f"{path} is {sr} Hz but the task expects {self.sample_rate} Hz: resample it to {self.sample_rate} Hz "
+                f"mono (e.g. `sox in.flac -r {self.sample_rate} -c 1 out.flac`) and re-run data preparation"
+            )
+        wav = wav.mean(axis=1)  # stereo -> mono, as the official loader does
+        if len(wav) != self.true_sizes[index]:
+            raise ValueError(
+                f"{path} has {len(wav)} samples but {self.manifest} line {index + 2} says {self.true_sizes[index]}: "
+                f"the manifest is stale; re-run data preparation"
+            )
+        return wav
+
+    def __getitem__(self, index):
+        wav = self.load_audio(index)
+        crop = None
+        if self.crop_samples is not None and len(wav) > self.crop_samples:
+            # Seeded by (seed, epoch, index): independent of workers and iteration order.
+            with data_utils.numpy_seed(self.seed, self.epoch, index):
+                start = int(np.random.randint(0, len(wav) - self.crop_samples + 1))
+            wav, crop = wav[start : start + self.crop_samples], start
+        item = {"id": index, "source": torch.from_numpy(np.ascontiguousarray(wav)), "crop_start": crop}
+        if self.labels is not None:
+            item["target"] = self.labels[index]
+        return item
+
+    def num_tokens(self, index):
+        return int(self.sizes[index])
+
+    def size(self, index):
+        return int(self.sizes[index])
+
+    def ordered_indices(self):
+        order = [np.random.permutation(len(self)), self.sizes]
+        return np.lexsort(order)[::-1]
+
+    def collater(self, samples):
+        samples = [s for s in samples if s["source"].numel() > 0]
+        if not samples:
+            return {}
+        longest = max(s["source"].numel() for s in samples)
+        source = torch.zeros(len(samples), longest)
+        padding_mask = torch.ones(len(samples), longest, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            n = s["source"].numel()
+            source[i, :n], padding_mask[i, :n] = s["source"], False
+        batch = {
+            "id": torch.LongTensor([s["id"] for s in samples]),
+            "nsentences": len(samples),
+            "ntokens": len(samples),
+            "net_input": {"source": source, "padding_mask": padding_mask},
+        }
+        if "target" in samples[0]:
+            batch["target"] = torch.LongTensor([s["target"] for s in samples])
+        return batch

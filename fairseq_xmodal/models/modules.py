@@ -1,0 +1,333 @@
+"""SpeechT5 building blocks, re-implemented. Attribute names follow the official state-dict keys because
+`speecht5_base.pt` must load into them unchanged; see official.py for the complete key map.
+
+Shapes: B batch, S audio samples, T frames/tokens, D model dim, H heads, K = 2 * max_relative_position.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def gelu_fp32(x: torch.Tensor) -> torch.Tensor:
+    # The official code computes exact (erf) GELU in fp32, also under fp16 training.
+    return F.gelu(x.float()).type_as(x)
+
+
+class Fp32GroupNorm(nn.GroupNorm):
+    def forward(self, x):
+        out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return out.type_as(x)
+
+
+class GeluModule(nn.Module):
+    def forward(self, x):
+        return gelu_fp32(x)
+
+
+class ConvFeatureExtractor(nn.Module):
+    """wav2vec2 "default" extractor: conv (no bias) -> dropout(0) -> [GroupNorm, layer 0 only] -> GELU."""
+
+    def __init__(self, layers: List[Tuple[int, int, int]]):
+        super().__init__()
+        self.conv_layers = nn.ModuleList()
+        in_dim = 1
+        for i, (dim, kernel, stride) in enumerate(layers):
+            block = [nn.Conv1d(in_dim, dim, kernel, stride=stride, bias=False), nn.Dropout(0.0)]
+            if i == 0:
+                block.append(Fp32GroupNorm(dim, dim, affine=True))
+            block.append(GeluModule())
+            self.conv_layers.append(nn.Sequential(*block))
+            in_dim = dim
+        self.layers = layers
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:  # [B,S] -> [B,C,T]
+        x = source.unsqueeze(1)
+        for conv in self.conv_layers:
+            x = conv(x)
+        return x
+
+    def num_frames(self, num_samples: int) -> int:
+        for _, kernel, stride in self.layers:
+            num_samples = (num_samples - kernel) // stride + 1
+        return num_samples
+
+
+class GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class SamePad(nn.Module):
+    """Drops the last frame of an even-kernel convolution so the output keeps the input length."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, x):
+        return x[:, :, : -self.remove] if self.remove else x
+
+
+def sinusoidal_positions(non_pad: torch.Tensor, dim: int) -> torch.Tensor:
+    """fairseq SinusoidalPositionalEmbedding with padding_idx=1: real frames get positions 2,3,..., pads get zeros.
+    Layout [sin | cos], frequency exp(-i * ln(10000) / (half - 1)). non_pad: [B,T] bool -> [B,T,dim]."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32, device=non_pad.device) * -(math.log(10000.0) / (half - 1)))
+    pos = (torch.cumsum(non_pad.long(), dim=1) + 1).float()  # padding_idx + cumsum
+    angles = pos.unsqueeze(-1) * freq  # [B,T,half]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb * non_pad.unsqueeze(-1).to(emb.dtype)
+
+
+def frame_padding_mask(sample_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Official rule (not the conv-length formula): drop S % T trailing samples, split the rest into T equal chunks,
+    a frame is padding only if all its samples are. [B,S] -> [B,T], True = pad."""
+    extra = sample_mask.size(1) % num_frames
+    if extra > 0:
+        sample_mask = sample_mask[:, :-extra]
+    return sample_mask.view(sample_mask.size(0), num_frames, -1).all(-1)
+
+
+class SpeechEncoderPrenet(nn.Module):
+    """waveform -> conv features -> LN -> proj -> dropout -> [time mask] -> + conv positions -> + sinusoid."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        layers = eval(cfg.conv_feature_layers)  # the official spec string, e.g. "[(512,10,5)] + [(512,3,2)] * 4"
+        conv_dim, dim = layers[-1][0], cfg.encoder_embed_dim
+        self.feature_extractor = ConvFeatureExtractor(layers)
+        self.layer_norm = nn.LayerNorm(conv_dim)
+        self.post_extract_proj = nn.Linear(conv_dim, dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.feature_grad_mult = cfg.feature_grad_mult
+        self.mask_prob, self.mask_length = cfg.mask_prob, cfg.mask_length
+        self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
+        conv = nn.Conv1d(dim, dim, cfg.conv_pos, padding=cfg.conv_pos // 2, groups=cfg.conv_pos_groups)
+        std = math.sqrt(4 / (cfg.conv_pos * dim))
+        nn.init.normal_(conv.weight, mean=0, std=std)
+        nn.init.constant_(conv.bias, 0)
+        # Legacy weight_norm on purpose: it yields the checkpoint's `weight_g`/`weight_v` parameter names.
+        conv = nn.utils.weight_norm(conv, name="weight", dim=2)
+        self.pos_conv = nn.Sequential(conv, SamePad(cfg.conv_pos), GeluModule())
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
+        """source [B,S] float, padding_mask [B,S] True=pad -> (x [B,T,D], frame padding mask [B,T])."""
+        if self.feature_grad_mult > 0:
+            feats = self.feature_extractor(source)
+            if self.feature_grad_mult != 1.0:
+                feats = GradMultiply.apply(feats, self.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                feats = self.feature_extractor(source)
+        x = self.layer_norm(feats.transpose(1, 2))  # [B,T,C]
+        if padding_mask is None:
+            padding_mask = torch.zeros(source.shape, dtype=torch.bool, device=source.device)
+        frame_mask = frame_padding_mask(padding_mask, x.size(1))
+        x = self.dropout(self.post_extract_proj(x))
+        if self.training and self.mask_prob > 0:
+            x = self._mask_time(x, frame_mask)
+        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        x = x + sinusoidal_positions(~frame_mask, x.size(-1)).to(x.dtype)
+        return x, frame_mask
+
+    def _mask_time(self, x, frame_mask):
+        from fairseq.data.data_utils import compute_mask_indices
+
+        idx = compute_mask_indices(x.shape[:2], frame_mask, self.mask_prob, self.mask_length, min_masks=2)
+        idx = torch.from_numpy(idx).to(x.device)
+        return torch.where(idx.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+
+
+class ScaledPositionalEncoding(nn.Module):
+    """ESPnet: x + alpha * PE[0..T-1], interleaved sin (even dims) / cos (odd dims); alpha is learnt."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+        self.dim = dim
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):  # [B,T,D]
+        pos = torch.arange(x.size(1), dtype=torch.float32, device=x.device).unsqueeze(1)
+        div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32, device=x.device) * -(math.log(10000.0) / self.dim))
+        pe = torch.zeros(x.size(1), self.dim, device=x.device)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        return self.dropout(x + self.alpha * pe.to(x.dtype))
+
+
+class TextEncoderPrenet(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, padding_idx: int, dropout: float):
+        super().__init__()
+        self.padding_idx = padding_idx
+        emb = nn.Embedding(vocab_size, dim, padding_idx=padding_idx)
+        self.encoder_prenet = nn.Sequential(emb, ScaledPositionalEncoding(dim, dropout))
+
+    def forward(self, src_tokens: torch.Tensor):
+        """src_tokens [B,L] -> (x [B,L,D], padding mask [B,L])."""
+        return self.encoder_prenet(src_tokens), src_tokens.eq(self.padding_idx)
+
+
+class MultiheadAttention(nn.Module):
+    """Attention with fused SDPA. The encoder's relative-position term enters as an additive [B,H,Tq,Tk] bias."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.scaling = self.head_dim ** -0.5
+        self.dropout = dropout
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def split(self, x):  # [B,T,D] -> [B,H,T,hd]
+        return x.view(x.size(0), x.size(1), self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query, key_value, key_padding_mask=None, pos_k=None):
+        """query [B,Tq,D], key_value [B,Tk,D], key_padding_mask [B,Tk] True=pad, pos_k [K,hd] relative table."""
+        q = self.split(self.q_proj(query)) * self.scaling
+        k, v = self.split(self.k_proj(key_value)), self.split(self.v_proj(key_value))
+        bias = None
+        if pos_k is not None:
+            bias = relative_position_bias(q, pos_k)  # [B,H,Tq,Tk]
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            bias = pad if bias is None else bias + pad
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
+        )  # q is already scaled, as in the official code (the relative term uses the scaled q too)
+        out = out.transpose(1, 2).reshape(query.size(0), query.size(1), -1)
+        return self.out_proj(out)
+
+
+def relative_position_bias(q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """bias[b,h,i,j] = q[b,h,i] . pe_k[clamp(i-j, -M, M-1) + M] without building the official [T,T,hd] tensor:
+    project q on the K table rows once ([B,H,T,K]) and gather. Memory O(T*K) + the [T,T] logits SDPA needs anyway."""
+    T, S, M = q.size(2), q.size(2), pos_k.size(0) // 2
+    qk = torch.matmul(q, pos_k.t().to(q.dtype))  # [B,H,T,K]
+    rel = torch.arange(T, device=q.device)[:, None] - torch.arange(S, device=q.device)[None, :]
+    idx = rel.clamp(-M, M - 1) + M  # [T,S]
+    return torch.gather(qk, 3, idx.expand(q.size(0), q.size(1), T, S))
+
+
+def relative_position_bias_reference(q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """The official formulation (materialises [T,T,hd]); kept for tests and benchmarks only."""
+    T, M = q.size(2), pos_k.size(0) // 2
+    rel = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
+    table = pos_k[rel.clamp(-M, M - 1) + M]  # [T,T,hd]
+    return torch.einsum("bhid,ijd->bhij", q, table.to(q.dtype))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN: x = LN(x + drop(attn(x))); x = LN(x + drop(fc2(drop_act(gelu(fc1(x))))))."""
+
+    def __init__(self, dim, ffn_dim, heads, dropout, attention_dropout, activation_dropout):
+        super().__init__()
+        self.self_attn = MultiheadAttention(dim, heads, attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.dropout, self.activation_dropout = nn.Dropout(dropout), nn.Dropout(activation_dropout)
+
+    def ffn(self, x):
+        return self.dropout(self.fc2(self.activation_dropout(gelu_fp32(self.fc1(x)))))
+
+    def forward(self, x, padding_mask, pos_k):
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, x, padding_mask, pos_k)))
+        return self.final_layer_norm(x + self.ffn(x))
+
+
+class Encoder(nn.Module):
+    """Shared speech/text encoder: LN on the INPUT (layer_norm_first=False), post-LN layers, relative positions."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        dim = cfg.encoder_embed_dim
+        self.layer_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layerdrop = cfg.encoder_layerdrop
+        self.checkpoint_activations = cfg.checkpoint_activations
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.dropout,
+                         cfg.attention_dropout, cfg.activation_dropout)
+            for _ in range(cfg.encoder_layers)
+        )
+        self.pos_emb = RelativePositionTable(2 * cfg.max_relative_position, dim // cfg.encoder_attention_heads)
+
+    def forward(self, x, padding_mask):  # [B,T,D], [B,T] -> [B,T,D]
+        x = self.dropout(self.layer_norm(x))
+        pos_k = self.pos_emb.pe_k.weight
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+                continue
+            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, padding_mask, pos_k, use_reentrant=False)
+            else:
+                x = layer(x, padding_mask, pos_k)
+        return x
+
+
+class RelativePositionTable(nn.Module):
+    def __init__(self, rows: int, head_dim: int):
+        super().__init__()
+        self.pe_k = nn.Embedding(rows, head_dim)
+
+
+class DecoderLayer(nn.Module):
+    """Post-LN: self-attention, cross-attention to the encoder, FFN. No relative bias (the official one is unused)."""
+
+    def __init__(self, dim, ffn_dim, heads, dropout, attention_dropout, activation_dropout):
+        super().__init__()
+        self.self_attn = MultiheadAttention(dim, heads, attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.encoder_attn = MultiheadAttention(dim, heads, attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.dropout, self.activation_dropout = nn.Dropout(dropout), nn.Dropout(activation_dropout)
+
+    def forward(self, x, enc, enc_padding_mask):  # x [B,1,D]: one query, so self-attention needs no causal mask
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, x)))
+        x = self.encoder_attn_layer_norm(x + self.dropout(self.encoder_attn(x, enc, enc_padding_mask)))
+        ffn = self.dropout(self.fc2(self.activation_dropout(gelu_fp32(self.fc1(x)))))
+        return self.final_layer_norm(x + ffn)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layerdrop = cfg.decoder_layerdrop
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg.encoder_embed_dim, cfg.decoder_ffn_embed_dim, cfg.decoder_attention_heads, cfg.dropout,
+                         cfg.attention_dropout, cfg.activation_dropout)
+            for _ in range(cfg.decoder_layers)
+        )
+
+    def forward(self, x, enc, enc_padding_mask):
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+                continue
+            x = layer(x, enc, enc_padding_mask)
+        return x
+
+
+class ClassHead(nn.Module):
+    """The official SID head with --sid-no-pooling-bn --sid-no-embed-postnet: a bias-free linear layer."""
+
+    def __init__(self, dim: int, num_outputs: int):
+        super().__init__()
+        self.output_projection = nn.Linear(dim, num_outputs, bias=False)
+
+    def forward(self, x):
+        return self.output_projection(x)
