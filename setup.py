@@ -20,6 +20,9 @@ setup(
             "xmodal-transfer=fairseq_xmodal.cli.transfer:main",
             "xmodal-evaluate=fairseq_xmodal.cli.evaluate:main",
             "xmodal-report=fairseq_xmodal.cli.report:main",
+            "xmodal-sweep-table=fairseq_xmodal.cli.sweep_table:main",
+            "xmodal-slurm-array=fairseq_xmodal.cli.slurm_array:main",
+            "xmodal-probe=fairseq_xmodal.cli.probe:main",
         ]
     },
 )

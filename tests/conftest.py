@@ -1,0 +1,71 @@
+"""Shared fixtures: a learnable corpus, a tiny official-format SpeechT5 checkpoint, and a real fairseq-hydra-train."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import fairseq_xmodal  # noqa: E402,F401  (registers tasks/models/criterion)
+from corpus import write_corpus  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "config")
+BIN = os.path.dirname(sys.executable)
+
+
+def run_cli(args, cwd=None, check=True, env=None, timeout=900):
+    """Run a console script of this venv; on failure show the end of its output."""
+    exe = args[0] if os.path.isabs(args[0]) else os.path.join(BIN, args[0])
+    proc = subprocess.run([exe] + list(args[1:]), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def hydra_train(config_name, run_dir, *overrides, check=True, cwd=None, timeout=900):
+    """The real `fairseq-hydra-train --config-dir config --config-name ...`, in its own process."""
+    return run_cli(["fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", config_name,
+                    f"hydra.run.dir={run_dir}", *overrides], cwd=cwd or run_dir.rsplit("/", 1)[0], check=check,
+                   timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _reset_fairseq_globals():
+    """fairseq keeps the best score in function attributes; never let one test's best leak into another."""
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train
+
+    yield
+    for obj, attr in ((checkpoint_utils.save_checkpoint, "best"), (train.should_stop_early, "best"),
+                      (train.should_stop_early, "num_runs")):
+        if hasattr(obj, attr):
+            delattr(obj, attr)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """train 60 / valid 24 utterances, balanced, learnable from speech (tones) and text (sentiment words)."""
+    return write_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+@pytest.fixture(scope="session")
+def official_tiny(tmp_path_factory):
+    """A tiny random SpeechT5 pretrain checkpoint in the exact official format, with its spm_char.model/dict.txt."""
+    out = str(tmp_path_factory.mktemp("official"))
+    run_cli(["xmodal-make-official-checkpoint", "--out-dir", out, "--size", "tiny"])
+    return os.path.join(out, "speecht5_base.pt")
+
+
+@pytest.fixture(scope="session")
+def imported_init(official_tiny, corpus_dir, tmp_path_factory):
+    """task -> fairseq_xmodal init checkpoint imported from the tiny official checkpoint."""
+    out = tmp_path_factory.mktemp("imported")
+    paths = {}
+    for task in ("s2c", "t2c"):
+        paths[task] = str(out / f"{task}_init.pt")
+        run_cli(["xmodal-import-official", "--checkpoint", official_tiny, "--task", task, "--data", corpus_dir,
+                 "--out", paths[task]])
+    return paths
