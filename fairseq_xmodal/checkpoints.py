@@ -33,9 +33,19 @@ def build_task_and_model(cfg: DictConfig):
     return task, task.build_model(cfg.model)
 
 
+def _mkstemp_beside(path: str):
+    """A temp file in the target's directory (so os.replace is atomic) with normal umask permissions."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_torch_save(obj, path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -46,7 +56,7 @@ def atomic_torch_save(obj, path: str):
 
 
 def atomic_write_json(obj, path: str):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)) or ".", suffix=".tmp")
+    fd, tmp = _mkstemp_beside(path)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")

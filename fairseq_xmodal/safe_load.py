@@ -29,15 +29,13 @@ def _allowed_globals() -> list:
     allowed = [argparse.Namespace, collections.defaultdict, collections.OrderedDict, typing.Any,
                DictConfig, ListConfig, ContainerMetadata, Metadata,
                nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-               nodes.EnumNode, np.dtype, np.ndarray, np.core.multiarray.scalar if hasattr(np, "core") else None,
-               np.core.multiarray._reconstruct if hasattr(np, "core") else None]
+               nodes.EnumNode, np.dtype, np.ndarray]
     allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
-    try:  # numpy >= 2 moved these; pickles name numpy._core.multiarray.*
+    try:  # numpy >= 2 pickles name numpy._core.multiarray.*
         from numpy._core import multiarray as ma
-
-        allowed += [ma.scalar, ma._reconstruct]
     except ImportError:
-        pass
+        from numpy.core import multiarray as ma
+    allowed += [ma.scalar, ma._reconstruct]
     try:  # objects fairseq broadcasts between ranks on multi-GPU resume
         from fairseq.distributed.utils import _TensorPlaceholder
 
