@@ -1,22 +1,46 @@
-# Two entry points on a fresh machine: `make test` and `make demo`.
+# On a fresh machine: `make test` installs everything into .venv and runs the suite; `make demo` runs the whole
+# experiment on the embedded demo corpus. Both reuse an existing .venv.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-v1
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean
+.PHONY: all venv system-deps test demo bench clean
+
+all: test
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements/runtime.txt requirements/test.txt
+$(STAMP): setup.py requirements/runtime.txt requirements/test.txt requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools<81" wheel
-	# torch first and pinned: anything that asks for "torch" later sees it satisfied (no CUDA pull).
-	$(BIN)/pip install -q torch==2.13.0 "numpy>=1.26" cython
-	# fairseq-fixed declares torchaudio; we never install it, so no deps here.
+	@# torch first and pinned (the local CPU wheel); the constraints file keeps every later install on it.
+	$(BIN)/pip install -q -c requirements/constraints.txt torch "numpy>=1.26" cython
+	@# fairseq-fixed declares torchaudio, which would pull another torch: install it without dependencies.
 	$(BIN)/pip install -q --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
 	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/runtime.txt
 	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/test.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import torch, fairseq, fairseq_xmodal; assert torch.__version__.startswith('2.13.0')"
+	@# compat mode puts the checkout on sys.path, so Hydra finds hydra_plugins/xmodal (see docs/install.md).
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	$(BIN)/python -c "import torch, fairseq, fairseq_xmodal; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
+
+# espeak-ng synthesises the demo corpus; Debian's package, installed once.
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; fi; }
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: venv system-deps
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/demo.sh $(DEMO_OUT)
+
+bench: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python tests/benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) outputs multirun

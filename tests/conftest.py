@@ -47,7 +47,7 @@ def _reset_fairseq_globals():
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):
-    """train 60 / valid 24 utterances, balanced, learnable from speech (tones) and text (sentiment words)."""
+    """train 60 / valid 24 / test 24 utterances, balanced, learnable from speech (tones) and text (sentiment words)."""
     return write_corpus(str(tmp_path_factory.mktemp("corpus")))
 
 

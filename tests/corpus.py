@@ -16,7 +16,7 @@ WORDS = {"Negative": ["awful", "terrible", "horrible", "bad"], "Neutral": ["okay
 NOUNS = ["movie", "day", "talk", "idea", "trip", "song"]
 
 
-def write_corpus(root: str, splits=(("train", 60), ("valid", 24)), seed: int = 0, sample_rate: int = 16000,
+def write_corpus(root: str, splits=(("train", 60), ("valid", 24), ("test", 24)), seed: int = 0, sample_rate: int = 16000,
                  min_s: float = 0.4, max_s: float = 1.2) -> str:
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)

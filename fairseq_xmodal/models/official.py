@@ -140,8 +140,12 @@ def write_official_checkpoint(path: str, cfg: SpeechT5Config, vocab_size: int = 
     if not sid:
         del sd[SID_HEAD]
     sd.update(_official_extra_tensors(cfg, vocab, g, pretrain=not sid))
+    # A pretrained text embedding has the scale of the positional encoding it is added to (+-1); the N(0, 0.02)
+    # init would bury tokens under positions and a stand-in for speecht5_base.pt should not be harder to train.
+    emb = torch.randn(vocab, cfg.encoder_embed_dim, generator=g)
+    emb[1] = 0.0  # padding row
+    sd["text_encoder_prenet.encoder_prenet.0.weight"] = emb
     # --share-input-output-embed: three keys, one tensor (torch.save keeps the sharing).
-    emb = sd["text_encoder_prenet.encoder_prenet.0.weight"]
     sd["text_decoder_prenet.embed_tokens.weight"] = emb
     sd["text_decoder_postnet.output_projection.weight"] = emb
     task_args = argparse.Namespace(t5_task="s2c" if sid else "pretrain", data="/path/to/data", sample_rate=16000,
