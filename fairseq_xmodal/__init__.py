@@ -16,5 +16,11 @@ from .tasks import s2c, t2c  # noqa: F401
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 safe_load.install()
-if not OmegaConf.has_resolver("xmodal_user_dir"):
-    OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)
+if hasattr(OmegaConf, "register_new_resolver"):  # omegaconf >= 2.1
+    if not OmegaConf.has_resolver("xmodal_user_dir"):
+        OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)
+else:  # omegaconf 2.0, pinned by fairseq==0.12.2
+    try:
+        OmegaConf.register_resolver("xmodal_user_dir", lambda: USER_DIR)
+    except AssertionError:  # already registered
+        pass
