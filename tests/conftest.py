@@ -3,7 +3,12 @@ import os
 import subprocess
 import sys
 
-import pytest
+# The tiny test models gain nothing from intra-op threads, and on a busy 2-core machine spinning threads make small
+# matmuls ~50x slower. Set before torch is imported; training subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -69,3 +74,30 @@ def imported_init(official_tiny, corpus_dir, tmp_path_factory):
         run_cli(["xmodal-import-official", "--checkpoint", official_tiny, "--task", task, "--data", corpus_dir,
                  "--out", paths[task]])
     return paths
+
+
+def shared_run(tmp_path_factory, name, *overrides, config="t2c_demo"):
+    """One real training per test session, whichever test file asks first (a name always has the same overrides)."""
+    run = tmp_path_factory.getbasetemp() / "shared_runs" / name
+    if not (run / "checkpoints" / "checkpoint_last.pt").exists():
+        run.parent.mkdir(exist_ok=True)
+        hydra_train(config, str(run), *overrides)
+    return run
+
+
+def shared_transfer(tmp_path_factory, imported_init, corpus_dir):
+    """The imported s2c init transferred to t2c."""
+    from fairseq_xmodal.transfer import TransferPlan, transfer
+
+    out = tmp_path_factory.getbasetemp() / "shared_runs" / "s2c_init_as_t2c.pt"
+    if not out.exists():
+        out.parent.mkdir(exist_ok=True)
+        transfer(TransferPlan(source=imported_init["s2c"], task="t2c", data=corpus_dir, out=str(out)))
+    return str(out)
+
+
+def t2c_from_s2c(tmp_path_factory, imported_init, corpus_dir):
+    """The shared real run: t2c fine-tuned for 60 updates from the transferred s2c init."""
+    init = shared_transfer(tmp_path_factory, imported_init, corpus_dir)
+    return shared_run(tmp_path_factory, "t2c_from_s2c", f"task.data={corpus_dir}", "optimization.max_update=60",
+                      f"checkpoint.finetune_from_model={init}")

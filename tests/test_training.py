@@ -3,7 +3,7 @@ import re
 
 import pytest
 import torch
-from fairseq import checkpoint_utils, utils
+from fairseq import checkpoint_utils
 
 from conftest import hydra_train
 from fairseq_xmodal.evaluation.metrics import confusion_matrix, scores

@@ -1,0 +1,293 @@
+"""Evaluate any fairseq_xmodal checkpoint under either task on any split: same-modality, or zero-shot cross-modal
+(an s2c checkpoint on transcripts, a t2c checkpoint on audio).
+
+The task is built for the REQUESTED task name over the requested data folder (never the checkpoint's), its class
+and text dictionaries are checked against the checkpoint's task_state, the model is built from the checkpoint's
+cfg.model and loaded strictly. Evaluation is deterministic: eval mode, full-length audio (no split counts as the
+training split, so the s2c task never crops), batches in a fixed order, required_batch_size_multiple=1, and every
+row is predicted exactly once (asserted).
+
+Outputs in `out_dir`: predictions.tsv (id, gold, predicted, p_<label> for each real label) and metrics.json.
+"""
+import copy
+import csv
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..checkpoints import atomic_write_json, load_state, make_cfg
+from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
+from . import metrics as M
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fairseq_xmodal.metrics/1"
+# No real split has this name, so ClassificationTask.is_train_split() is False for every split we load.
+NO_TRAIN_SPLIT = "<xmodal-evaluate: no training split>"
+
+
+class EvaluationError(ValueError):
+    """Bad checkpoint / data combination; the message names the file to fix."""
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str
+    task: str  # task to evaluate under: s2c (audio) or t2c (transcripts)
+    data: str
+    split: str
+    out_dir: str
+    batch_size: Optional[int] = 8
+    max_tokens: Optional[int] = None
+    legacy_metrics: bool = False
+    cpu: bool = False
+    task_overrides: Dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    majority_threshold: float = 0.95
+
+
+@dataclass
+class Predictions:
+    ids: List[str]
+    gold: Optional[List[int]]  # None for a split without label file
+    pred: List[int]
+    probs: np.ndarray  # [N, n_labels], softmax over the real labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_for_evaluation(checkpoint: str, task_name: str, data: str, task_overrides: Optional[Dict[str, Any]] = None):
+    """-> (task, model in eval mode, checkpoint state). The task is `task_name` over `data`, whatever the
+    checkpoint's own task."""
+    if task_name not in TASKS:
+        raise EvaluationError(f"task {task_name!r}: use one of {', '.join(TASKS)}")
+    if not os.path.isdir(data):
+        raise EvaluationError(f"data folder {data} not found")
+    state = load_state(os.path.abspath(checkpoint))
+    if not is_xmodal_checkpoint(state):
+        hint = ("an official SpeechT5 checkpoint: convert it first with xmodal-import-official"
+                if is_official_checkpoint(state) else "not written by fairseq_xmodal")
+        raise EvaluationError(f"{checkpoint} is {hint}")
+    ck_task = state["cfg"]["task"]
+    task_dict = {"_name": task_name, "data": os.path.abspath(data),
+                 **{f: ck_task[f] for f in CARRIED_TASK_FIELDS if f in ck_task},
+                 **(task_overrides or {}),
+                 "long_utterances": "error",  # evaluation drops nothing
+                 "train_subset": NO_TRAIN_SPLIT}
+    cfg = make_cfg(task_dict, copy.deepcopy(state["cfg"]["model"]),
+                   seed=(state["cfg"].get("common") or {}).get("seed", 1))
+    from fairseq import tasks
+
+    task = tasks.setup_task(cfg.task)
+    check_dictionaries(state, checkpoint, task)
+    model = task.build_model(cfg.model)
+    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    model.eval()
+    return task, model, state
+
+
+def check_dictionaries(state: Dict[str, Any], checkpoint: str, task):
+    """Class labels (order included) and text symbols of the data must be those the checkpoint was trained with."""
+    ts = state.get("task_state") or {}
+    ck_data = state["cfg"]["task"].get("data", "<its data folder>")
+    cd = task.class_dictionary
+    if "class_labels" not in ts:
+        raise EvaluationError(f"{checkpoint} records no class labels (task_state.class_labels); re-save it with "
+                              f"fairseq_xmodal (e.g. xmodal-transfer --source it --task <its task>)")
+    ck_labels, ck_padded = list(ts["class_labels"]), bool(ts.get("class_padded", True))
+    if (ck_labels, ck_padded) != (list(cd.labels), cd.padded):
+        order = " (same labels, other order: predictions would be silently permuted)" \
+            if sorted(ck_labels) == sorted(cd.labels) and ck_labels != list(cd.labels) else ""
+        raise EvaluationError(
+            f"class dictionary mismatch{order}: {checkpoint} was trained with {ck_labels} "
+            f"(padded={ck_padded}, {os.path.join(ck_data, 'labels.' + task.cfg.labels + '.txt')}), but {cd.source} "
+            f"gives {list(cd.labels)} (padded={cd.padded}). Fix {cd.source} to list exactly {', '.join(ck_labels)} "
+            f"in this order")
+    if "text_symbols" in ts and list(ts["text_symbols"]) != list(task.text_dictionary.symbols):
+        target_dict = task.cfg.text_dictionary or os.path.join(task.cfg.data, "dict.txt")
+        raise EvaluationError(
+            f"text dictionary mismatch: {checkpoint} was trained with a {len(ts['text_symbols'])}-symbol dict.txt "
+            f"({os.path.join(ck_data, 'dict.txt')}), but {target_dict} gives {len(task.text_dictionary)} symbols (or "
+            f"another order). Copy the SpeechT5 dict.txt the checkpoint used to {target_dict}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction
+
+
+def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: Optional[int] = None,
+            device: str = "cpu") -> Predictions:
+    """Every row of `split` exactly once, in a fixed batch order; argmax over the real labels only."""
+    from fairseq import utils
+
+    if batch_size is None and max_tokens is None:
+        raise EvaluationError("give batch_size and/or max_tokens")
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    n = len(dataset)
+    label_rows = task.class_dictionary.label_rows.to(device)
+    n_labels = len(task.class_dictionary)
+    probs = np.zeros((n, n_labels), dtype=np.float64)
+    seen = np.zeros(n, dtype=np.int64)
+    gold = np.full(n, -1, dtype=np.int64)
+    model.to(device)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # fairseq always asks for it; harmless on CPU
+        try:
+            itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=batch_size,
+                                          max_positions=None, ignore_invalid_inputs=False,
+                                          required_batch_size_multiple=1, seed=1, num_workers=0,
+                                          epoch=1).next_epoch_itr(shuffle=False)
+        except ValueError as e:  # the task's long-utterance message names training options
+            raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
+                                  f"unset (then only --batch-size limits a batch)") from None
+        for sample in itr:  # streamed: a test set of audio does not fit in memory at once
+            if not sample:
+                continue
+            sample = utils.move_to_cuda(sample) if device != "cpu" else sample
+            out = model(**sample["net_input"])
+            logits = (out[0] if isinstance(out, (tuple, list)) else out)[:, label_rows].float()
+            idx = sample["id"].cpu().numpy()
+            probs[idx] = torch.softmax(logits, dim=-1).cpu().double().numpy()
+            seen[idx] += 1
+            if "target" in sample:
+                gold[idx] = sample["target"].cpu().numpy()
+    if not (seen == 1).all():
+        missing, twice = np.nonzero(seen == 0)[0], np.nonzero(seen > 1)[0]
+        raise EvaluationError(f"split {split}: {len(missing)} rows never predicted (e.g. {missing[:5].tolist()}) and "
+                              f"{len(twice)} predicted more than once; an empty audio file or a batching bug")
+    ids = list(dataset.ids) if getattr(dataset, "ids", None) else [str(i) for i in range(n)]
+    has_gold = getattr(dataset, "labels", None) is not None
+    return Predictions(ids, gold.tolist() if has_gold else None, probs.argmax(axis=1).tolist(), probs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics and outputs
+
+
+def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
+                    majority_threshold: float = 0.95) -> Dict[str, Any]:
+    """Headline numbers (percent) in the chosen mode plus both full score sets, confusion matrix, distribution."""
+    counts = {lab: int(sum(1 for p in pred.pred if p == i)) for i, lab in enumerate(labels)}
+    out: Dict[str, Any] = {"labels": list(labels), "units": "percent",
+                           "metrics_mode": "legacy" if legacy else "slue",
+                           "predicted_distribution": counts,
+                           "predicted_fraction": {k: v / max(len(pred.pred), 1) for k, v in counts.items()}}
+    warning = M.majority_warning(counts, majority_threshold)
+    out["warnings"] = [warning["message"]] if warning else []
+    out["single_label"] = warning or None
+    if pred.gold is None:
+        out.update(accuracy=None, macro_precision=None, macro_recall=None, macro_f1=None)
+        return out
+    cm = M.confusion_matrix(pred.gold, pred.pred, len(labels))
+    slue, legacy_s = M.scores(cm, labels), M.legacy_scores(cm, labels)
+    head = legacy_s if legacy else slue
+    out.update({k: 100.0 * head[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
+    out["per_class"] = {k: {m: (100.0 * v if m in ("precision", "recall", "f1") else v) for m, v in row.items()}
+                        for k, row in M.per_class(cm, labels, head).items()}
+    out["confusion_matrix"] = {"rows": "gold", "columns": "predicted", "labels": list(labels), "counts": cm.tolist()}
+    out["slue"] = {k: 100.0 * v for k, v in slue.items()}
+    out["legacy"] = {k: 100.0 * v for k, v in legacy_s.items()}
+    out["legacy"]["definition"] = ("prior system: sklearn average='macro', zero_division=1, labels = union of gold "
+                                   "and predicted labels")
+    out["slue"]["definition"] = "sklearn average='macro', zero_division=0, labels = the fixed class dictionary"
+    return out
+
+
+def write_predictions(path: str, pred: Predictions, labels: List[str]):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["id", "gold", "predicted"] + [f"p_{lab}" for lab in labels])
+        for i, uid in enumerate(pred.ids):
+            gold = labels[pred.gold[i]] if pred.gold is not None else ""
+            w.writerow([uid, gold, labels[pred.pred[i]]] + [f"{p:.6f}" for p in pred.probs[i]])
+    os.replace(tmp, path)
+
+
+def checkpoint_info(state: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """Where the checkpoint came from, read from its own cfg/provenance and the sidecar of its init file."""
+    cfg = state["cfg"]
+    hist = state.get("optimizer_history") or [{}]
+    ck = cfg.get("checkpoint") or {}
+    prov = (state.get("extra_state") or {}).get("xmodal_provenance") or {}
+    num_updates = hist[-1].get("num_updates", 0) or 0
+    info = {"path": os.path.abspath(path), "task": cfg["task"]["_name"], "data": cfg["task"].get("data"),
+            "num_updates": num_updates, "train_subset": None, "finetune_from_model": None}
+    if "transfer" in prov:
+        t = prov["transfer"]
+        info.update(kind="transfer", init=f"transfer {t['source']['task']}->{t['target']['task']} of "
+                                          f"{describe_path(t['source']['path'])}")
+    elif "import_official" in prov:
+        info.update(kind="official", init=f"official {describe_path(prov['import_official'].get('source', '?'))}")
+    else:
+        init = ck.get("finetune_from_model") or None
+        restore = ck.get("restore_file")
+        if not init and restore and os.path.basename(restore) != "checkpoint_last.pt":
+            init = restore  # a non-default restore_file (with resets) is an init too
+        info.update(kind="trained", train_subset=(cfg.get("dataset") or {}).get("train_subset"),
+                    finetune_from_model=init, init=describe_init_file(init) if init else "scratch")
+    return info
+
+
+def describe_path(path: str) -> str:
+    """`<run dir>/checkpoints/checkpoint_best.pt` -> `<run dir name>/checkpoint_best.pt`; else the base name."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-3:-2] + parts[-1:]) if len(parts) >= 3 and parts[-2] == "checkpoints" else parts[-1]
+
+
+def describe_init_file(path: str) -> str:
+    """A short lineage label for a finetune_from_model file, from its xmodal-transfer / import sidecar if present."""
+    for suffix, kind in ((".transfer.json", "transfer"), (".import.json", "official")):
+        if os.path.isfile(path + suffix):
+            try:
+                with open(path + suffix) as f:
+                    side = json.load(f)
+            except (OSError, ValueError):
+                break
+            if kind == "transfer":
+                return (f"transfer {side['source']['task']}->{side['target']['task']} of "
+                        f"{describe_path(side['source']['path'])}")
+            return f"official {describe_path(side.get('source', path))}"
+    return describe_path(path)
+
+
+def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
+    """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
+    out_dir = os.path.abspath(cfg.out_dir)
+    targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
+    if any(os.path.exists(t) for t in targets) and not cfg.overwrite:
+        raise EvaluationError(f"{out_dir} already holds predictions.tsv/metrics.json; choose another --out-dir or "
+                              f"pass --overwrite")
+    device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
+    task, model, state = load_for_evaluation(cfg.checkpoint, cfg.task, cfg.data, cfg.task_overrides)
+    pred = predict(task, model, cfg.split, cfg.batch_size, cfg.max_tokens, device)
+    labels = list(task.class_dictionary.labels)
+    result = {"format": FORMAT,
+              "checkpoint": checkpoint_info(state, cfg.checkpoint),
+              "task": cfg.task, "cross_modal": state["cfg"]["task"]["_name"] != cfg.task,
+              "data": os.path.abspath(cfg.data), "split": cfg.split, "rows": len(pred.ids),
+              **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold),
+              "evaluation": {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
+                             "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}}
+    os.makedirs(out_dir, exist_ok=True)
+    write_predictions(targets[0], pred, labels)
+    atomic_write_json(result, targets[1])
+    return result
+
+
+def summary_line(m: Dict[str, Any]) -> str:
+    ck = m["checkpoint"]
+    head = f"{ck['task']} checkpoint on {m['task']} {m['split']} ({m['rows']} rows, {m['metrics_mode']} metrics)"
+    if m.get("accuracy") is None:
+        return head + ": no gold labels; predicted " + json.dumps(m["predicted_distribution"])
+    return (head + f": ACC {m['accuracy']:.2f}  P {m['macro_precision']:.2f}  R {m['macro_recall']:.2f}  "
+                   f"F1 {m['macro_f1']:.2f}")

@@ -1,0 +1,571 @@
+"""Cross-modal checkpoint transfer: an s2c checkpoint -> a t2c checkpoint (or back), with exact accounting.
+
+Both tasks build the same module tree (models/speecht5.py), so transfer is a key-by-key copy; what needs care is
+deciding, for every key of the target model, where its tensor comes from, and refusing anything that would silently
+change meaning (a permuted class head, a text embedding for another vocabulary, a shape mismatch).
+
+Every target key gets exactly one origin:
+  source    the checkpoint being transferred (`TransferPlan.source`)
+  modality  a second checkpoint (`modality_from`), e.g. the pretrained init whose target-modality prenet we want
+  init      newly initialised by a named, seeded strategy (`INIT_STRATEGIES`; "model" = the model's own init)
+
+Selectors name the keys (docs/transfer_and_evaluation.md):
+  all | speech_prenet | text_prenet | encoder | decoder | head
+  encoder.layers[=I,J,K-L] | decoder.layers[=...]   those layer indices (all layers without `=`)
+  encoder.rest | decoder.rest                         the group's keys outside its layers (final norm, positions)
+The most specific selector naming a key wins (layer/rest > group > all); two equally specific selectors that give
+one key different origins are an error.
+"""
+import argparse
+import copy
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
+import torch
+
+from .checkpoints import atomic_write_json, build_task_and_model, load_state, make_cfg, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fairseq_xmodal.transfer/1"
+GROUPS: Dict[str, str] = {  # selector name -> state-dict prefix
+    "speech_prenet": "speech_encoder_prenet.",
+    "text_prenet": "text_encoder_prenet.",
+    "encoder": "encoder.",
+    "decoder": "decoder.",
+    "head": "speaker_decoder_postnet.",
+}
+LAYERED = ("encoder", "decoder")
+PRENET_OF_TASK = {"s2c": "speech_prenet", "t2c": "text_prenet"}
+TASKS = tuple(PRENET_OF_TASK)
+MODELS = ("speecht5_base", "speecht5_tiny")
+ORIGINS = ("source", "modality", "init")
+# Task fields carried from the source checkpoint: they define the head layout, not the data folder.
+CARRIED_TASK_FIELDS = ("labels", "pad_class_dictionary")
+
+
+class TransferError(ValueError):
+    """A transfer that would lose or scramble information; the message names the file to fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Selectors
+
+
+@dataclass(frozen=True)
+class Selector:
+    group: str  # "all" or a GROUPS name
+    layers: Optional[FrozenSet[int]] = None  # None = no layer restriction
+    all_layers: bool = False  # `encoder.layers` without indices
+    rest: bool = False  # `encoder.rest`: keys of the group outside `.layers.N.`
+    text: str = ""
+
+    @property
+    def specificity(self) -> int:
+        if self.group == "all":
+            return 0
+        return 2 if (self.layers is not None or self.all_layers or self.rest) else 1
+
+    def matches(self, key: str) -> bool:
+        if self.group == "all":
+            return True
+        prefix = GROUPS[self.group]
+        if not key.startswith(prefix):
+            return False
+        m = re.match(r"layers\.(\d+)\.", key[len(prefix):])
+        if self.rest:
+            return m is None
+        if self.all_layers:
+            return m is not None
+        if self.layers is not None:
+            return m is not None and int(m.group(1)) in self.layers
+        return True
+
+
+def _parse_layers(spec: str, where: str) -> FrozenSet[int]:
+    out = set()
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if not m:
+            raise TransferError(f"selector {where!r}: layer list must look like 0,5 or 0-3,7; got {part!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise TransferError(f"selector {where!r}: empty range {part!r}")
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
+
+
+def parse_selector(text: str) -> Selector:
+    """One selector, e.g. `encoder`, `encoder.layers=0,5`, `decoder.layers=0-2`, `encoder.rest`, `all`."""
+    s = text.strip()
+    names = ["all"] + list(GROUPS)
+    m = re.fullmatch(r"([a-z_]+)(?:\.(layers|rest))?(?:=(.+))?", s)
+    if not m or m.group(1) not in names:
+        raise TransferError(f"unknown selector {text!r}: use one of {', '.join(names)}, "
+                            f"<encoder|decoder>.layers[=I,J,K-L] or <encoder|decoder>.rest")
+    group, part, layers = m.groups()
+    if part and group not in LAYERED:
+        raise TransferError(f"selector {text!r}: only encoder and decoder have layers")
+    if layers is not None and part != "layers":
+        raise TransferError(f"selector {text!r}: `=` is only allowed after .layers (e.g. encoder.layers=0,5)")
+    if part == "rest":
+        return Selector(group, rest=True, text=s)
+    if part == "layers":
+        if layers is None:
+            return Selector(group, all_layers=True, text=s)
+        return Selector(group, layers=_parse_layers(layers, s), text=s)
+    return Selector(group, text=s)
+
+
+def parse_selectors(text: str) -> List[Selector]:
+    """Comma list of selectors; bare numbers continue the previous layer list: `encoder.layers=0,5,decoder,head`."""
+    items: List[str] = []
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        if re.fullmatch(r"\d+(-\d+)?", tok) and items and ".layers=" in items[-1]:
+            items[-1] += "," + tok
+        else:
+            items.append(tok)
+    if not items:
+        raise TransferError(f"empty selector list {text!r}")
+    return [parse_selector(i) for i in items]
+
+
+def group_of(key: str) -> str:
+    for name, prefix in GROUPS.items():
+        if key.startswith(prefix):
+            return name
+    raise TransferError(f"model key {key!r} belongs to no module group ({', '.join(GROUPS)}); "
+                        f"update fairseq_xmodal.transfer.GROUPS for the new module")
+
+
+def unit_of(key: str) -> str:
+    """Readable unit for summaries: `encoder.layers.3`, `encoder.rest`, or the group name."""
+    g = group_of(key)
+    m = re.match(r"layers\.(\d+)\.", key[len(GROUPS[g]):])
+    if g in LAYERED:
+        return f"{g}.layers.{m.group(1)}" if m else f"{g}.rest"
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Re-initialisation strategies (pluggable)
+
+
+@dataclass
+class InitContext:
+    """What a strategy may use: the target model exactly as the task built it under torch.manual_seed(seed)."""
+
+    model: torch.nn.Module
+    keys: List[str]
+    seed: int
+
+
+InitStrategy = Callable[[InitContext], Dict[str, torch.Tensor]]
+INIT_STRATEGIES: Dict[str, InitStrategy] = {}
+
+
+def register_init_strategy(name: str):
+    """Decorator: `@register_init_strategy("xavier") def f(ctx) -> {key: tensor}` for every key in ctx.keys."""
+    def wrap(fn: InitStrategy) -> InitStrategy:
+        INIT_STRATEGIES[name] = fn
+        return fn
+    return wrap
+
+
+@register_init_strategy("model")
+def _init_like_model(ctx: InitContext) -> Dict[str, torch.Tensor]:
+    """The model's own initialisation (BERT-style N(0, 0.02) linears/embeddings, conv defaults), seeded."""
+    sd = ctx.model.state_dict()
+    return {k: sd[k].detach().clone() for k in ctx.keys}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass
+class TransferPlan:
+    """What to build and where each part comes from. `take`/`keep`/`reinit` hold selector strings (comma lists ok)."""
+
+    source: str
+    task: str  # target task: s2c or t2c
+    data: str  # target data folder
+    out: str
+    modality_from: Optional[str] = None
+    take: List[str] = field(default_factory=list)
+    keep: List[str] = field(default_factory=list)
+    reinit: List[str] = field(default_factory=list)
+    rest: Optional[str] = None  # origin of keys no selector names; default "source" unless `take` is given
+    init: str = "model"
+    seed: int = 1
+    task_overrides: Dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def rules(self) -> Tuple[List[Tuple[Selector, str]], List[str]]:
+        """(selector, origin) rules, plus notes on defaults that were applied."""
+        notes = []
+        keep = list(self.keep)
+        prenet = PRENET_OF_TASK[self.task]
+        explicit = [sel for t in self.take + self.reinit for sel in parse_selectors(t)]
+        if self.modality_from and not keep and self.rest != "modality" and not any(s.group == prenet for s in explicit):
+            keep = [prenet]
+            notes.append(f"--keep {prenet} (default with --modality-from: the target modality's prenet)")
+        rules = [(sel, origin) for origin, texts in (("source", self.take), ("modality", keep), ("init", self.reinit))
+                 for t in texts for sel in parse_selectors(t)]
+        if self.rest is not None:
+            rules.append((Selector("all", text=f"--rest {self.rest}"), self.rest))
+        elif not self.take:
+            rules.append((Selector("all", text="all (default)"), "source"))
+        return rules, notes
+
+
+@dataclass
+class Assignment:
+    origin: str
+    selector: str
+
+
+def assign(rules: List[Tuple[Selector, str]], keys: List[str]) -> Dict[str, Assignment]:
+    """Every key -> exactly one origin, by the most specific matching selector."""
+    for sel, origin in rules:
+        if origin not in ORIGINS:
+            raise TransferError(f"unknown origin {origin!r} (use {', '.join(ORIGINS)})")
+        if not any(sel.matches(k) for k in keys):
+            raise TransferError(f"selector {sel.text!r} matches no key of the target model "
+                                f"(its layers: {_layer_ranges(keys)})")
+    out, uncovered = {}, []
+    for key in keys:
+        hits = [(sel, origin) for sel, origin in rules if sel.matches(key)]
+        if not hits:
+            uncovered.append(key)
+            continue
+        top = max(sel.specificity for sel, _ in hits)
+        best = [(sel, origin) for sel, origin in hits if sel.specificity == top]
+        if len({origin for _, origin in best}) > 1:
+            both = " and ".join(f"{sel.text!r} ({origin})" for sel, origin in best)
+            raise TransferError(f"{key}: selected by {both}; make one of them more specific")
+        out[key] = Assignment(best[0][1], best[0][0].text)
+    if uncovered:
+        units = sorted({unit_of(k) for k in uncovered})
+        raise TransferError(f"{len(uncovered)} target keys are named by no --take/--keep/--reinit selector "
+                            f"({', '.join(units)}); say where they come from with --rest source|modality|init")
+    return out
+
+
+def _layer_ranges(keys: List[str]) -> str:
+    parts = []
+    for g in LAYERED:
+        idx = sorted({int(m.group(1)) for k in keys for m in [re.match(rf"{g}\.layers\.(\d+)\.", k)] if m})
+        parts.append(f"{g} 0-{idx[-1]}" if idx else f"{g} none")
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and checks
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    state: Dict[str, Any]
+    tensors: Dict[str, torch.Tensor]
+    task: Optional[str]
+    data: Optional[str]
+    unavailable: Dict[str, str] = field(default_factory=dict)  # key -> why this checkpoint cannot provide it
+    imported: Optional[Dict[str, Any]] = None  # import report, for an official checkpoint
+
+    def describe(self) -> Dict[str, Any]:
+        hist = self.state.get("optimizer_history") or [{}]
+        return {"path": self.path, "task": self.task, "data": self.data, "sha256": sha256(self.path),
+                "num_updates": hist[-1].get("num_updates"),
+                **({"official_import": {k: self.imported[k] for k in ("source", "kind")}} if self.imported else {})}
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_xmodal_checkpoint(state: Dict[str, Any]) -> bool:
+    cfg = state.get("cfg")
+    return (isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and isinstance(cfg.get("task"), dict)
+            and cfg["model"].get("_name") in MODELS and cfg["task"].get("_name") in TASKS)
+
+
+def is_official_checkpoint(state: Dict[str, Any]) -> bool:
+    cfg = state.get("cfg")
+    return isinstance(state.get("args"), argparse.Namespace) or (
+        isinstance(cfg, dict) and isinstance(cfg.get("model"), argparse.Namespace))
+
+
+def load_xmodal(path: str, role: str) -> LoadedCheckpoint:
+    state = load_state(os.path.abspath(path))
+    if not is_xmodal_checkpoint(state):
+        hint = ("it is an official SpeechT5 checkpoint: convert it with xmodal-import-official (or pass it as "
+                "--modality-from)" if is_official_checkpoint(state) else "it was not written by fairseq_xmodal")
+        raise TransferError(f"{role} {path}: {hint}")
+    return LoadedCheckpoint(os.path.abspath(path), state, state["model"], state["cfg"]["task"]["_name"],
+                            state["cfg"]["task"].get("data"))
+
+
+def load_modality(path: str, task: str, data: str) -> LoadedCheckpoint:
+    """A fairseq_xmodal checkpoint, or an official one imported on the fly for the target task and data."""
+    state = load_state(os.path.abspath(path))
+    if is_xmodal_checkpoint(state):
+        return LoadedCheckpoint(os.path.abspath(path), state, state["model"], state["cfg"]["task"]["_name"],
+                                state["cfg"]["task"].get("data"))
+    if not is_official_checkpoint(state):
+        raise TransferError(f"--modality-from {path}: neither a fairseq_xmodal nor an official SpeechT5 checkpoint")
+    from .models.official import import_official
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "imported.pt")
+        try:
+            report = import_official(path, task, data, out)
+        except ValueError as e:
+            raise TransferError(f"--modality-from {path}: cannot import it on the fly ({e}). Import it with "
+                                f"xmodal-import-official (which takes --sid-dict etc.) and pass the result") from None
+        imported = load_state(out)
+    why = "newly initialised by the official import (the official checkpoint has no such weights)"
+    return LoadedCheckpoint(os.path.abspath(path), imported, imported["model"], task, os.path.abspath(data),
+                            unavailable={k: why for k in report["newly_initialised"]}, imported=dict(report))
+
+
+def _labels_path(data: Optional[str], labels_ext: str) -> str:
+    return os.path.join(data or "<its data folder>", f"labels.{labels_ext}.txt")
+
+
+def check_class_dictionary(ck: LoadedCheckpoint, task, role: str):
+    """The head rows of `ck` must mean the same labels, in the same order, as the target data's class dictionary."""
+    ts = ck.state.get("task_state") or {}
+    if "class_labels" not in ts:
+        raise TransferError(f"{role} {ck.path} records no class labels (task_state.class_labels), so its head cannot "
+                            f"be checked; pass --reinit head, or re-save it with fairseq_xmodal")
+    cd, ext = task.class_dictionary, task.cfg.labels
+    theirs, ours = (list(ts["class_labels"]), bool(ts.get("class_padded", True))), (list(cd.labels), cd.padded)
+    if theirs == ours:
+        return
+    if theirs[1] != ours[1]:
+        what = f"head layout differs (pad_class_dictionary={theirs[1]} vs {ours[1]})"
+        fix = f"set task pad_class_dictionary={str(theirs[1]).lower()} (--task-arg)"
+    elif sorted(theirs[0]) == sorted(ours[0]):
+        what = "same labels in another order: the head rows would be silently permuted"
+        fix = f"make {cd.source} list {', '.join(theirs[0])} in this order"
+    else:
+        what = f"{len(theirs[0])} vs {len(ours[0])} classes"
+        fix = f"make {cd.source} list exactly {', '.join(theirs[0])}"
+    raise TransferError(
+        f"class dictionary mismatch: {role} {ck.path} was trained with classes {theirs[0]} "
+        f"({_labels_path(ck.data, ext)}), but {cd.source} gives {ours[0]}: {what}. Fix: {fix}, "
+        f"or pass --reinit head to train a new head")
+
+
+def check_text_dictionary(ck: LoadedCheckpoint, task, role: str):
+    """The text prenet of `ck` is an embedding over its text dictionary; the target must use the same symbols."""
+    ts = ck.state.get("task_state") or {}
+    if "text_symbols" not in ts:
+        raise TransferError(f"{role} {ck.path} records no text dictionary (task_state.text_symbols), so its text "
+                            f"prenet cannot be checked; pass --reinit text_prenet or --keep text_prenet")
+    theirs, ours = list(ts["text_symbols"]), list(task.text_dictionary.symbols)
+    if theirs == ours:
+        return
+    target_dict = task.cfg.text_dictionary or os.path.join(task.cfg.data, "dict.txt")
+    first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    diff = (f"first difference at index {first}: {theirs[first] if first < len(theirs) else '<end>'!r} vs "
+            f"{ours[first] if first < len(ours) else '<end>'!r}")
+    their_dict = os.path.join(ck.data or "<its data folder>", "dict.txt")
+    raise TransferError(
+        f"text dictionary mismatch: {role} {ck.path} was trained with a {len(theirs)}-symbol text dictionary "
+        f"({their_dict}), but {target_dict} gives {len(ours)} symbols ({diff}). Fix: copy the SpeechT5 dict.txt the "
+        f"checkpoint used to {target_dict}, or pass --reinit text_prenet (or --keep text_prenet with a matching "
+        f"--modality-from checkpoint)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transfer
+
+
+@dataclass
+class TransferReport:
+    format: str
+    out: str
+    source: Dict[str, Any]
+    modality: Optional[Dict[str, Any]]
+    target: Dict[str, Any]
+    plan: Dict[str, Any]
+    checks: Dict[str, str]
+    transferred: Dict[str, str]  # key -> selector that chose it
+    kept: Dict[str, str]
+    initialised: Dict[str, str]
+    dropped_source_keys: Dict[str, str]  # key -> why it is not in the result
+    counts: Dict[str, int]
+    dtype_casts: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary_lines(self) -> List[str]:
+        lines = [f"transfer {self.source['task']} -> {self.target['task']}: {self.source['path']} -> {self.out}"]
+        if self.modality:
+            lines.append(f"  modality checkpoint: {self.modality['path']}")
+        for note in self.plan.get("notes", []):
+            lines.append(f"  default: {note}")
+        where = {"transferred": "from source", "kept": "from modality checkpoint",
+                 "initialised": f"new (init={self.plan['init']}, seed={self.plan['seed']})"}
+        for section in ("transferred", "kept", "initialised"):
+            keys = getattr(self, section)
+            units = _units_summary(keys)
+            lines.append(f"  {section:12s}{len(keys):5d} keys  {where[section]}{': ' + units if units else ''}")
+        lines.append(f"  {'dropped':12s}{len(self.dropped_source_keys):5d} source keys"
+                     f"{': ' + _units_summary(self.dropped_source_keys) if self.dropped_source_keys else ''}")
+        for name, result in self.checks.items():
+            lines.append(f"  check {name}: {result}")
+        return lines
+
+
+def _units_summary(keys) -> str:
+    units: List[str] = []
+    for k in keys:
+        try:
+            u = unit_of(k)
+        except TransferError:
+            u = k
+        if u not in units:
+            units.append(u)
+    return ", ".join(units)
+
+
+def transfer(plan: TransferPlan) -> TransferReport:
+    """Build the target checkpoint of `plan`, write it and `<out>.transfer.json`, return the accounting."""
+    if plan.task not in TASKS:
+        raise TransferError(f"target task {plan.task!r}: use one of {', '.join(TASKS)}")
+    if plan.init not in INIT_STRATEGIES:
+        raise TransferError(f"unknown init strategy {plan.init!r} (known: {', '.join(INIT_STRATEGIES)})")
+    if plan.keep and not plan.modality_from:
+        raise TransferError("--keep needs --modality-from (the checkpoint the kept modules come from)")
+    if plan.rest == "modality" and not plan.modality_from:
+        raise TransferError("--rest modality needs --modality-from")
+    out = os.path.abspath(plan.out)
+    if os.path.exists(out) and not plan.overwrite:
+        raise TransferError(f"{out} exists; choose another --out or pass --overwrite")
+    if out == os.path.abspath(plan.source) or (plan.modality_from and out == os.path.abspath(plan.modality_from)):
+        raise TransferError(f"--out {out} would overwrite an input checkpoint")
+    if not os.path.isdir(plan.data):
+        raise TransferError(f"target data folder {plan.data} not found")
+
+    source = load_xmodal(plan.source, "source")
+    src_cfg = source.state["cfg"]
+    task_dict = {"_name": plan.task, "data": os.path.abspath(plan.data),
+                 **{f: src_cfg["task"][f] for f in CARRIED_TASK_FIELDS if f in src_cfg["task"]},
+                 **plan.task_overrides}
+    cfg = make_cfg(task_dict, copy.deepcopy(src_cfg["model"]), seed=plan.seed)
+    with torch.random.fork_rng(devices=[]):  # seeded construction = the "model" init; the caller's RNG is untouched
+        torch.manual_seed(plan.seed)
+        task, model = build_task_and_model(cfg)
+    target_sd = model.state_dict()
+    keys = list(target_sd)
+
+    rules, notes = plan.rules()
+    assignment = assign(rules, keys)
+    modality = None
+    if plan.modality_from:
+        modality = load_modality(plan.modality_from, plan.task, plan.data)
+    providers = {"source": (source, "source"), "modality": (modality, "--modality-from")}
+
+    checks = _run_checks(assignment, providers, task)
+    new_sd, casts = {}, {}
+    problems = []
+    for origin in ("source", "modality"):
+        ck, role = providers[origin]
+        for key in [k for k, a in assignment.items() if a.origin == origin]:
+            problems += _take_tensor(ck, role, key, target_sd[key], new_sd, casts)
+    if problems:
+        raise TransferError("cannot transfer:\n  " + "\n  ".join(problems))
+    init_keys = [k for k, a in assignment.items() if a.origin == "init"]
+    if init_keys:
+        fresh = INIT_STRATEGIES[plan.init](InitContext(model, init_keys, plan.seed))
+        missing = set(init_keys) - set(fresh)
+        if missing:
+            raise TransferError(f"init strategy {plan.init!r} returned no tensor for {sorted(missing)[:5]}")
+        new_sd.update({k: fresh[k] for k in init_keys})
+    model.load_state_dict(new_sd, strict=True)  # every key exactly once, every shape right
+
+    report = _report(plan, out, source, modality, task, assignment, checks, casts, notes)
+    per_key = ("transferred", "kept", "initialised", "dropped_source_keys")  # long lists stay in the JSON only
+    save_checkpoint(out, cfg, model.state_dict(), task.state.state_dict,
+                    provenance={"transfer": {k: v for k, v in report.to_dict().items() if k not in per_key}})
+    atomic_write_json(report.to_dict(), out + ".transfer.json")
+    return report
+
+
+def _run_checks(assignment, providers, task) -> Dict[str, str]:
+    """Dictionary checks for every checkpoint that provides head or text-prenet keys."""
+    checks = {}
+    for name, group, fn in (("class_dictionary", "head", check_class_dictionary),
+                            ("text_dictionary", "text_prenet", check_text_dictionary)):
+        origins = sorted({a.origin for k, a in assignment.items() if group_of(k) == group})
+        results = []
+        for origin in origins:
+            if origin == "init":
+                results.append(f"{group} re-initialised: not checked")
+                continue
+            ck, role = providers[origin]
+            fn(ck, task, role)
+            results.append(f"{role} matches the target data")
+        checks[name] = "; ".join(results)
+    return checks
+
+
+def _take_tensor(ck: LoadedCheckpoint, role: str, key: str, like: torch.Tensor, new_sd, casts) -> List[str]:
+    if key in ck.unavailable:
+        return [f"{role} {ck.path} cannot provide {key}: {ck.unavailable[key]}"]
+    if key not in ck.tensors:
+        return [f"{role} {ck.path} has no {key} (a different model?); select it from elsewhere (--take/--keep/"
+                f"--reinit {unit_of(key)})"]
+    t = ck.tensors[key]
+    if tuple(t.shape) != tuple(like.shape):
+        hint = {"head": "class dictionary size differs; see labels.<labels>.txt or --reinit head",
+                "text_prenet": "text dictionary size differs; see dict.txt or --reinit text_prenet"}.get(
+                    group_of(key), "the architectures differ; compare cfg.model of both checkpoints")
+        return [f"{role} {ck.path}: {key} has shape {tuple(t.shape)}, the target model needs {tuple(like.shape)} "
+                f"({hint})"]
+    if t.dtype != like.dtype:
+        casts[key] = f"{t.dtype} -> {like.dtype}"
+        t = t.to(like.dtype)
+    new_sd[key] = t
+    return []
+
+
+def _report(plan, out, source, modality, task, assignment, checks, casts, notes) -> TransferReport:
+    sections = {o: {k: a.selector for k, a in assignment.items() if a.origin == o} for o in ORIGINS}
+    dropped = {}
+    for key in source.tensors:
+        if key not in assignment:
+            dropped[key] = "not in the target model"
+        elif assignment[key].origin != "source":
+            dropped[key] = f"replaced: {assignment[key].origin} by {assignment[key].selector!r}"
+    return TransferReport(
+        format=FORMAT, out=out, source=source.describe(),
+        modality=modality.describe() if modality else None,
+        target={"task": plan.task, "data": os.path.abspath(plan.data),
+                "class_labels": list(task.class_dictionary.labels), "class_padded": task.class_dictionary.padded,
+                "text_symbols": len(task.text_dictionary)},
+        plan={"take": list(plan.take), "keep": list(plan.keep), "reinit": list(plan.reinit), "rest": plan.rest,
+              "init": plan.init, "seed": plan.seed, "task_overrides": dict(plan.task_overrides), "notes": notes},
+        checks=checks, transferred=sections["source"], kept=sections["modality"], initialised=sections["init"],
+        dropped_source_keys=dropped,
+        counts={"target_keys": len(assignment), "transferred": len(sections["source"]),
+                "kept": len(sections["modality"]), "initialised": len(sections["init"]),
+                "dropped_source_keys": len(dropped)},
+        dtype_casts=casts,
+    )
