@@ -33,7 +33,7 @@ def run_cli(args, cwd=None, check=True, env=None, timeout=900):
 def hydra_train(config_name, run_dir, *overrides, check=True, cwd=None, timeout=900):
     """The real `fairseq-hydra-train --config-dir config --config-name ...`, in its own process."""
     return run_cli(["fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", config_name,
-                    f"hydra.run.dir={run_dir}", *overrides], cwd=cwd or run_dir.rsplit("/", 1)[0], check=check,
+                    f"hydra.run.dir='{run_dir}'", *overrides], cwd=cwd or run_dir.rsplit("/", 1)[0], check=check,
                    timeout=timeout)
 
 

@@ -14,6 +14,12 @@ class TextClassDataset(FairseqDataset):
     def __len__(self):
         return len(self.tokens)
 
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        # Length ties are broken randomly; rebuilding batches per epoch (seeded by seed + epoch) keeps the data
+        # order of a run resumed in epoch N identical to an uninterrupted one.
+        return False
+
     def __getitem__(self, index):
         item = {"id": index, "source": self.tokens[index]}
         if self.labels is not None:

@@ -1,0 +1,146 @@
+"""xmodal-sweep-table: every job of one or more sweeps (finished, running, failed, not started) in one table.
+
+    xmodal-sweep-table sweeps/sweep_lr_batch [more sweep dirs or job dirs] [--sort macro_f1] [--csv out.csv]
+
+Per job: status (done / running / requeued / interrupted / failed / cancelled / pending), its overrides, the best
+validation of fairseq's checkpoint metric (best_<metric>, the update it was reached at, and every other validation
+metric of that same validation), the current update count, wall time summed over the job's starts (from its log, so
+without time in a queue), number of starts and requeues, the updates it resumed at, the last error line of a failed
+job, and its folder. Metrics come from hydra_train.log (log_format json or simple); status from DONE and
+sweep_status.jsonl (docs/sweeps.md). Markdown to stdout by default; --format csv for CSV; --markdown/--csv also write
+files.
+"""
+import argparse
+import csv
+import io
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from fairseq_xmodal import sweeps
+
+FIRST = ["job", "status"]
+LAST = ["num_updates", "max_update", "wall_s", "attempts", "requeues", "resumed_at", "overrides", "error", "path"]
+
+
+def collect(sweep_dirs: Sequence[str], stale_minutes: float = 30.0) -> List[Dict[str, Any]]:
+    rows = []
+    for sweep_dir in sweep_dirs:
+        for job in sweeps.sweep_jobs(sweep_dir):
+            rows.append(sweeps.read_job(job["path"], job["overrides"], stale_after_s=stale_minutes * 60))
+    return rows
+
+
+def columns(rows: List[Dict[str, Any]]) -> List[str]:
+    best = sorted({k for r in rows for k in r if k.startswith("best_") and k != "best_update"})
+    known = set(FIRST + LAST + best + ["best_update", "metric", "maximize"])
+    metrics = sorted({k for r in rows for k in r if k not in known}, key=lambda k: (k.startswith("recall_"), k))
+    return FIRST + best + (["best_update"] if best else []) + metrics + LAST
+
+
+def sort_rows(rows: List[Dict[str, Any]], key: Optional[str], ascending: Optional[bool]) -> List[Dict[str, Any]]:
+    if key is None:
+        metric = next((r["metric"] for r in rows if r.get("metric")), None)
+        key = f"best_{metric}" if metric else None
+    if key is None:
+        return rows
+    if key not in {k for r in rows for k in r} and f"best_{key}" in {k for r in rows for k in r}:
+        key = f"best_{key}"
+    if ascending is None:  # the better end first
+        maximize = next((r["maximize"] for r in rows if f"best_{r.get('metric')}" == key), "loss" not in key)
+        ascending = not maximize
+
+    def value(row):
+        v = row.get(key)
+        if isinstance(v, (int, float)):
+            return (0, v if ascending else -v, "")
+        if v not in (None, ""):
+            return (1, 0, str(v))
+        return (2, 0, "")
+
+    return sorted(rows, key=value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def to_csv(rows: List[Dict[str, Any]], cols: List[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(cols)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in cols])
+    return out.getvalue()
+
+
+def to_markdown(rows: List[Dict[str, Any]], cols: List[str]) -> str:
+    """Overrides shared by every row are printed once above the table; the column keeps the ones that vary."""
+    lists = [r.get("overrides", "").split() for r in rows]
+    common = [o for o in (lists[0] if lists else []) if all(o in lst for lst in lists[1:])] if len(rows) > 1 else []
+    lines = []
+    if common:
+        lines += [f"Common overrides: `{' '.join(common)}`", ""]
+
+    def md(value: str) -> str:
+        return value.replace("|", "\\|").replace("\n", " ")
+
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---:" if c not in ("job", "status", "overrides", "error", "path", "resumed_at")
+                                else "---" for c in cols) + "|")
+    for row, lst in zip(rows, lists):
+        cells = []
+        for c in cols:
+            text = " ".join(o for o in lst if o not in common) if c == "overrides" else _cell(row.get(c))
+            cells.append(md(text))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="xmodal-sweep-table", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("sweep_dirs", nargs="+", help="hydra.sweep.dir of a sweep (or a single job folder)")
+    parser.add_argument("--sort", default=None,
+                        help="column to sort by, e.g. macro_f1 (= best_macro_f1), accuracy, loss, wall_s "
+                             "(default: best_<checkpoint.best_checkpoint_metric>)")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="ascending", action="store_true", default=None)
+    order.add_argument("--descending", dest="ascending", action="store_false",
+                       help="default: descending, ascending for losses")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what goes to stdout")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the markdown table here")
+    parser.add_argument("--csv", metavar="FILE", help="also write the CSV table here")
+    parser.add_argument("--columns", help="comma-separated columns to keep (default: all)")
+    parser.add_argument("--stale-minutes", type=float, default=30.0,
+                        help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
+    args = parser.parse_args(argv)
+
+    rows = collect(args.sweep_dirs, args.stale_minutes)
+    if not rows:
+        print(f"xmodal-sweep-table: no jobs found in {' '.join(args.sweep_dirs)}", file=sys.stderr)
+        return 1
+    rows = sort_rows(rows, args.sort, args.ascending)
+    cols = columns(rows)
+    if args.columns:
+        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in cols]
+        if unknown:
+            print(f"xmodal-sweep-table: unknown columns {unknown}; available: {', '.join(cols)}", file=sys.stderr)
+            return 2
+        cols = wanted
+    markdown, table_csv = to_markdown(rows, cols), to_csv(rows, cols)
+    sys.stdout.write(markdown if args.format == "markdown" else table_csv)
+    for path, text in ((args.markdown, markdown), (args.csv, table_csv)):
+        if path:
+            with open(path, "w") as f:
+                f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
