@@ -37,10 +37,11 @@ train() {  # train <task> <run name> <init checkpoint> <train split> [overrides.
 }
 evaluate() {  # evaluate <checkpoint> <task> <name>: always on the untouched dev split
   xmodal-evaluate --checkpoint "$1" --task "$2" --data "$OUT/data" --split dev --out-dir "$OUT/evals/$3" \
-    --overwrite | grep -E "macro|WARNING" || true
+    --overwrite 2>"$OUT/logs/eval_$3.log" | grep -v "^wrote"
 }
+# Fresh runs (finetune_from_model is ignored where a checkpoint_last.pt exists) and no stale evaluations.
+rm -rf "$OUT/runs" "$OUT/evals" "$OUT/report"
 mkdir -p "$OUT/logs" "$OUT/evals"
-rm -rf "$OUT/runs"  # fresh runs: finetune_from_model is ignored where a checkpoint_last.pt exists
 
 step "5. Fine-tune t2c and s2c from the pretrained checkpoint (balanced training split, selection on valid)"
 train t2c t2c_from_pretrained "$OUT/init/t2c.pt" train.dup_equal optimization.max_update=600
