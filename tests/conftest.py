@@ -1,5 +1,6 @@
 """Shared fixtures: a learnable corpus, a tiny official-format SpeechT5 checkpoint, and a real fairseq-hydra-train."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,3 +102,20 @@ def t2c_from_s2c(tmp_path_factory, imported_init, corpus_dir):
     init = shared_transfer(tmp_path_factory, imported_init, corpus_dir)
     return shared_run(tmp_path_factory, "t2c_from_s2c", f"task.data={corpus_dir}", "optimization.max_update=60",
                       f"checkpoint.finetune_from_model={init}")
+
+
+def dict_folder(root, corpus_dir, labels=None, edit_dict=None):
+    """A data folder with only the dictionaries (all transfer reads), optionally with edited labels / dict.txt."""
+    os.makedirs(root, exist_ok=True)
+    for f in ("dict.txt", "spm_char.model", "labels.sent.txt"):
+        shutil.copy(os.path.join(corpus_dir, f), root)
+    if labels is not None:
+        with open(os.path.join(root, "labels.sent.txt"), "w") as f:
+            f.write("\n".join(labels) + "\n")
+    if edit_dict is not None:
+        path = os.path.join(root, "dict.txt")
+        with open(path) as f:
+            lines = f.readlines()
+        with open(path, "w") as f:
+            f.writelines(edit_dict(lines))
+    return str(root)

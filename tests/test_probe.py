@@ -3,13 +3,12 @@ reports reference, fine-tuned and delta in probe.json, is deterministic, and ref
 from the checkpoint's."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, hydra_train
+from conftest import BIN, dict_folder, hydra_train
 from fairseq_xmodal.cli.probe import main as cli_main
 from fairseq_xmodal.evaluation.probe import (ProbeConfig, ProbeError, extract_features, holdout_split,
                                              load_probed_model, masked_mean, probe)
@@ -24,23 +23,6 @@ def t2c_last(tmp_path_factory, corpus_dir, imported_init):
         hydra_train("t2c_demo", str(run), f"task.data={corpus_dir}", "optimization.max_update=60",
                     f"checkpoint.finetune_from_model={imported_init['t2c']}")
     return str(run / "checkpoints" / "checkpoint_last.pt")
-
-
-def dict_folder(root, corpus_dir, labels=None, drop_dict_line=None):
-    """Only the dictionaries of the corpus (all the mismatch checks read), optionally edited."""
-    os.makedirs(root, exist_ok=True)
-    for f in ("dict.txt", "spm_char.model", "labels.sent.txt"):
-        shutil.copy(os.path.join(corpus_dir, f), root)
-    if labels is not None:
-        with open(os.path.join(root, "labels.sent.txt"), "w") as f:
-            f.write("\n".join(labels) + "\n")
-    if drop_dict_line is not None:
-        path = os.path.join(root, "dict.txt")
-        with open(path) as f:
-            lines = f.readlines()
-        with open(path, "w") as f:
-            f.writelines(lines[:drop_dict_line] + lines[drop_dict_line + 1:])
-    return str(root)
 
 
 def summary(r):
@@ -144,7 +126,7 @@ def test_dictionary_mismatch_is_an_error_naming_the_file(imported_init, corpus_d
     with pytest.raises(ValueError, match="class dictionary mismatch") as e:
         probe(ProbeConfig(checkpoint=imported_init["t2c"], modality="text", data=permuted, out_dir=str(tmp_path / "o")))
     assert os.path.join(permuted, "labels.sent.txt") in str(e.value)
-    short = dict_folder(tmp_path / "short", corpus_dir, drop_dict_line=10)
+    short = dict_folder(tmp_path / "short", corpus_dir, edit_dict=lambda lines: lines[:10] + lines[11:])
     assert cli_main(["--checkpoint", imported_init["t2c"], "--reference", imported_init["s2c"], "--modality", "speech",
                      "--data", short, "--out-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -2,12 +2,11 @@
 and the result works with finetune_from_model and load_model_ensemble_and_task under the target task."""
 import json
 import os
-import shutil
 
 import pytest
 import torch
 
-from conftest import shared_transfer, t2c_from_s2c
+from conftest import dict_folder, shared_transfer, t2c_from_s2c
 from fairseq_xmodal.checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
 from fairseq_xmodal.cli.transfer import main as cli_main
 from fairseq_xmodal.transfer import TransferError, TransferPlan, assign, parse_selector, parse_selectors, transfer
@@ -17,23 +16,6 @@ from fairseq_xmodal.transfer import TransferError, TransferPlan, assign, parse_s
 def t2c_run(tmp_path_factory, corpus_dir, imported_init):
     """A checkpoint written by a real fairseq training (optimizer state, metrics, two optimizer_history entries)."""
     return t2c_from_s2c(tmp_path_factory, imported_init, corpus_dir)
-
-
-def dict_folder(root, corpus_dir, labels=None, edit_dict=None):
-    """A data folder with only the dictionaries (all transfer reads), optionally with edited labels / dict.txt."""
-    os.makedirs(root, exist_ok=True)
-    for f in ("dict.txt", "spm_char.model", "labels.sent.txt"):
-        shutil.copy(os.path.join(corpus_dir, f), root)
-    if labels is not None:
-        with open(os.path.join(root, "labels.sent.txt"), "w") as f:
-            f.write("\n".join(labels) + "\n")
-    if edit_dict is not None:
-        path = os.path.join(root, "dict.txt")
-        with open(path) as f:
-            lines = f.readlines()
-        with open(path, "w") as f:
-            f.writelines(edit_dict(lines))
-    return str(root)
 
 
 def model_keys(path):
