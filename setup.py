@@ -18,6 +18,7 @@ setup(
             "xmodal-prep-slue=data_prep.slue_voxceleb:main",
             "xmodal-make-demo-corpus=data_prep.demo_corpus:main",
             "xmodal-transfer=fairseq_xmodal.cli.transfer:main",
+            "xmodal-prepare-transplants=fairseq_xmodal.cli.transplant:main",
             "xmodal-evaluate=fairseq_xmodal.cli.evaluate:main",
             "xmodal-report=fairseq_xmodal.cli.report:main",
             "xmodal-sweep-table=fairseq_xmodal.cli.sweep_table:main",

@@ -7,7 +7,8 @@ change meaning (a permuted class head, a text embedding for another vocabulary, 
 Every target key gets exactly one origin:
   source    the checkpoint being transferred (`TransferPlan.source`)
   modality  a second checkpoint (`modality_from`), e.g. the pretrained init whose target-modality prenet we want
-  init      newly initialised by a named, seeded strategy (`INIT_STRATEGIES`; "model" = the model's own init)
+  init      newly initialised by a named, seeded strategy (`INIT_STRATEGIES`: "model" = the model's own init,
+            "xavier_uniform" / "xavier_normal" = Glorot init of weight matrices, docs/methods/layerwise_transfer.md)
 
 Selectors name the keys (docs/transfer_and_evaluation.md):
   all | speech_prenet | text_prenet | encoder | decoder | head
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from .checkpoints import atomic_write_json, build_task_and_model, load_state, make_cfg, save_checkpoint
 
@@ -160,11 +162,13 @@ def unit_of(key: str) -> str:
 
 @dataclass
 class InitContext:
-    """What a strategy may use: the target model exactly as the task built it under torch.manual_seed(seed)."""
+    """What a strategy may use: the target model exactly as the task built it under torch.manual_seed(seed).
+    A strategy may describe what it did to a key in `notes` (recorded per key in the transfer JSON)."""
 
     model: torch.nn.Module
     keys: List[str]
     seed: int
+    notes: Dict[str, str] = field(default_factory=dict)
 
 
 InitStrategy = Callable[[InitContext], Dict[str, torch.Tensor]]
@@ -184,6 +188,89 @@ def _init_like_model(ctx: InitContext) -> Dict[str, torch.Tensor]:
     """The model's own initialisation (BERT-style N(0, 0.02) linears/embeddings, conv defaults), seeded."""
     sd = ctx.model.state_dict()
     return {k: sd[k].detach().clone() for k in ctx.keys}
+
+
+def key_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator of its own for every tensor, seeded by (seed, name): a tensor's values depend only on the seed
+    and its key, not on which other keys are re-initialised with it."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+
+
+def _weight_norm_dim(module: nn.Module) -> Optional[int]:
+    """The `dim` of a legacy torch.nn.utils.weight_norm on `module.weight`, or None."""
+    for hook in module._forward_pre_hooks.values():
+        if type(hook).__name__ == "WeightNorm" and getattr(hook, "name", None) == "weight":
+            return hook.dim
+    return None
+
+
+def _xavier(ctx: InitContext, kind: str) -> Dict[str, torch.Tensor]:
+    """Glorot/Xavier re-initialisation (gain 1), one rule per key:
+
+    - LayerNorm / GroupNorm: weight 1, bias 0.
+    - every other tensor with dim >= 2 (Linear [out, in], Conv1d [out, in/groups, k], Embedding [rows, dim]):
+      xavier_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); xavier_normal: N(0, 2 / (fan_in + fan_out)), with
+      torch's fans: fan_in = size(1) * receptive field, fan_out = size(0) * receptive field (for an Embedding the two
+      are swapped relative to its one-hot view; the sum, hence the distribution, is the same). An Embedding's padding
+      row is set to 0 again (as nn.Embedding does; it never gets a gradient).
+    - a weight-normalised convolution (weight_g, weight_v; the speech prenet's positional conv): the effective weight
+      g * v / ||v|| is the Xavier sample w: v = w, g = ||w|| over the weight_norm dim.
+    - biases (1-D `*bias`): 0.
+    - any other 1-D or scalar parameter (the speech prenet's mask_emb, the text prenet's positional alpha) has no
+      Xavier definition and keeps the model's own seeded init (noted as such).
+    Every tensor is drawn from its own generator, seeded by (seed, key) (`key_generator`)."""
+    init_fn = {"uniform": nn.init.xavier_uniform_, "normal": nn.init.xavier_normal_}[kind]
+    modules = dict(ctx.model.named_modules())
+    sd = ctx.model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for key in ctx.keys:
+        like = sd[key]
+        mod_name, _, pname = key.rpartition(".")
+        module = modules.get(mod_name)
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            out[key] = torch.ones_like(like) if pname == "weight" else torch.zeros_like(like)
+            ctx.notes[key] = f"{type(module).__name__} {pname} = {1 if pname == 'weight' else 0}"
+            continue
+        wn_dim = _weight_norm_dim(module) if module is not None and pname in ("weight_g", "weight_v") else None
+        if wn_dim is not None:
+            w = torch.empty(module.weight_v.shape, dtype=torch.float32)
+            init_fn(w, generator=key_generator(ctx.seed, f"{mod_name}.weight"))
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+            t = w if pname == "weight_v" else torch.norm_except_dim(w, 2, wn_dim)
+            out[key] = t.to(like.dtype)
+            ctx.notes[key] = (f"weight_norm {pname}: effective weight ~ xavier_{kind}(fan_in={fan_in}, "
+                              f"fan_out={fan_out}); v = sample, g = its norm")
+            continue
+        if like.dim() >= 2:
+            w = torch.empty(like.shape, dtype=torch.float32)
+            init_fn(w, generator=key_generator(ctx.seed, key))
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+            note = f"xavier_{kind}(fan_in={fan_in}, fan_out={fan_out})"
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None and pname == "weight":
+                w[module.padding_idx].zero_()
+                note += f", padding row {module.padding_idx} = 0"
+            out[key] = w.to(like.dtype)
+            ctx.notes[key] = note
+        elif pname.endswith("bias"):
+            out[key] = torch.zeros_like(like)
+            ctx.notes[key] = "bias = 0"
+        else:
+            out[key] = like.detach().clone()
+            ctx.notes[key] = "no Xavier definition for a 1-D/scalar parameter: the model's own seeded init"
+    return out
+
+
+@register_init_strategy("xavier_uniform")
+def _init_xavier_uniform(ctx: InitContext) -> Dict[str, torch.Tensor]:
+    """Weight matrices ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)); biases 0; LayerNorm 1/0 (see _xavier)."""
+    return _xavier(ctx, "uniform")
+
+
+@register_init_strategy("xavier_normal")
+def _init_xavier_normal(ctx: InitContext) -> Dict[str, torch.Tensor]:
+    """Weight matrices ~ N(0, std^2), std = sqrt(2 / (fan_in + fan_out)); biases 0; LayerNorm 1/0 (see _xavier)."""
+    return _xavier(ctx, "normal")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,6 +497,7 @@ class TransferReport:
     dropped_source_keys: Dict[str, str]  # key -> why it is not in the result
     counts: Dict[str, int]
     dtype_casts: Dict[str, str] = field(default_factory=dict)
+    init_notes: Dict[str, str] = field(default_factory=dict)  # initialised key -> what the init strategy did
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -428,6 +516,12 @@ class TransferReport:
             lines.append(f"  {section:12s}{len(keys):5d} keys  {where[section]}{': ' + units if units else ''}")
         lines.append(f"  {'dropped':12s}{len(self.dropped_source_keys):5d} source keys"
                      f"{': ' + _units_summary(self.dropped_source_keys) if self.dropped_source_keys else ''}")
+        rules: Dict[str, int] = {}
+        for note in self.init_notes.values():
+            rule = re.sub(r"\(.*$|, padding.*$", "", note).strip()
+            rules[rule] = rules.get(rule, 0) + 1
+        if rules:
+            lines.append("  init rules: " + "; ".join(f"{n} x {rule}" for rule, n in rules.items()))
         for name, result in self.checks.items():
             lines.append(f"  check {name}: {result}")
         return lines
@@ -492,8 +586,9 @@ def transfer(plan: TransferPlan) -> TransferReport:
     if problems:
         raise TransferError("cannot transfer:\n  " + "\n  ".join(problems))
     init_keys = [k for k, a in assignment.items() if a.origin == "init"]
+    init_ctx = InitContext(model, init_keys, plan.seed)
     if init_keys:
-        fresh = INIT_STRATEGIES[plan.init](InitContext(model, init_keys, plan.seed))
+        fresh = INIT_STRATEGIES[plan.init](init_ctx)
         missing = set(init_keys) - set(fresh)
         if missing:
             raise TransferError(f"init strategy {plan.init!r} returned no tensor for {sorted(missing)[:5]}")
@@ -501,11 +596,37 @@ def transfer(plan: TransferPlan) -> TransferReport:
     model.load_state_dict(new_sd, strict=True)  # every key exactly once, every shape right
 
     report = _report(plan, out, source, modality, task, assignment, checks, casts, notes)
-    per_key = ("transferred", "kept", "initialised", "dropped_source_keys")  # long lists stay in the JSON only
+    report.init_notes = {k: init_ctx.notes[k] for k in init_keys if k in init_ctx.notes}
+    per_key = ("transferred", "kept", "initialised", "dropped_source_keys", "init_notes")  # in the JSON only
     save_checkpoint(out, cfg, model.state_dict(), task.state.state_dict,
                     provenance={"transfer": {k: v for k, v in report.to_dict().items() if k not in per_key}})
     atomic_write_json(report.to_dict(), out + ".transfer.json")
     return report
+
+
+def transplanted_selectors(path: Optional[str]) -> List[str]:
+    """Freeze selectors (models/freezing.py syntax: encoder.layers.3, encoder.rest, a group) for what the transfer that
+    wrote `path` took from its source or re-initialised, i.e. everything not kept from --modality-from. Read from
+    `<path>.transfer.json`. The Hydra resolver ${xmodal_transplanted:<path>} (config/sweep/transplanted/frozen.yaml)."""
+    if not path:
+        raise TransferError("${xmodal_transplanted:} needs checkpoint.finetune_from_model: a checkpoint written by "
+                            "xmodal-transfer or xmodal-prepare-transplants")
+    side = str(path) + ".transfer.json"
+    if not os.path.isfile(side):
+        raise TransferError(f"{side} not found: freezing the transplanted layers of {path} needs the accounting that "
+                            f"xmodal-transfer / xmodal-prepare-transplants write next to the checkpoint")
+    import json
+
+    with open(side) as f:
+        report = json.load(f)
+    units: List[str] = []
+    for key in list(report["transferred"]) + list(report["initialised"]):
+        unit = unit_of(key)
+        if unit not in units:
+            units.append(unit)
+    if not units:
+        raise TransferError(f"{path}: its transfer took nothing from the source and re-initialised nothing")
+    return units
 
 
 def _run_checks(assignment, providers, task) -> Dict[str, str]:

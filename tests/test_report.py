@@ -35,6 +35,8 @@ def fairseq_lines(log_format, line_format, epochs):
     handler.setFormatter(logging.Formatter(line_format, datefmt="%Y-%m-%d %H:%M:%S"))
     log = logging.getLogger(progress_bar.__name__)
     log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)  # independent of whatever another test (or CLI main()) did to the root logger
     try:
         for epoch, train, valid in epochs:
             inner = progress_bar.progress_bar([0], log_format=log_format, log_interval=1, epoch=epoch)
@@ -46,6 +48,7 @@ def fairseq_lines(log_format, line_format, epochs):
                 OrderedDict(train), tag="train", step=train["num_updates"])
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
     return buf.getvalue()
 
 

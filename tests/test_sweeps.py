@@ -286,14 +286,9 @@ def test_relaunching_a_finished_job_is_a_noop(local_sweep):
         assert "nothing to do" in f.read()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fairseq builds a training iterator's batches once, with numpy seed (common.seed + the epoch it is created in), "
-    "and reuses them for later epochs; a job resumed in epoch E >= 2 builds them with seed + E, and the s2c/t2c "
-    "datasets' ordered_indices() break length ties with np.random, so its batches differ from an uninterrupted run "
-    "(docs/sweeps.md). Passes once the datasets set can_reuse_epoch_itr_across_epochs = False or make "
-    "ordered_indices() independent of numpy's global random state."))
 def test_resume_in_a_later_epoch_keeps_data_order(local_sweep, tmp_path):
-    """A requeue inside epoch 2: the job resumes from the interval checkpoint saved at update 10 (epoch 2)."""
+    """A requeue inside epoch 2: the job resumes from the interval checkpoint saved at update 10 (epoch 2) and sees
+    the same batches as the uninterrupted job (the datasets rebuild batches per epoch from seed + epoch)."""
     name = next(n for n, (batch, _, _) in LOCAL_JOBS.items() if batch == 8)
     job_dir = os.path.join(local_sweep, name)
     overrides = [e for e in sweeps.read_events(job_dir) if e["event"] == "start"][0]["overrides"]
@@ -325,7 +320,7 @@ def slurm_sweep(corpus_dir, imported_init, tmp_path_factory):
     broken.parent.mkdir()
     broken.write_bytes(b"not a checkpoint\n")
     inits = [imported_init["t2c"], str(broken)]
-    # batch 2: 30 updates per epoch, so the kill and the resume happen inside epoch 1 (see the xfail test below)
+    # batch 2: 30 updates per epoch, so the kill and the resume happen inside epoch 1 (a later-epoch resume is tested below)
     common = ["sweep/base=t2c_demo", f"task.data={corpus_dir}", f"optimization.max_update={SLURM_MAX_UPDATE}",
               f"checkpoint.save_interval_updates={SAVE_EVERY}", "common.log_format=json", "dataset.batch_size=2"]
     first_row = common + [f"checkpoint.finetune_from_model={inits[0]}"]

@@ -27,11 +27,11 @@ def evaluate(checkpoint, split):
     return scores(confusion_matrix(gold, pred, len(rows)), task.class_dictionary.labels)
 
 
-@pytest.mark.parametrize("task,updates", [("t2c", 150), ("s2c", 250)])
-def test_learnable_corpus_reaches_macro_f1_0_9_on_held_out_data(task, updates, corpus_dir, imported_init, tmp_path):
+@pytest.mark.parametrize("task,updates,lr", [("t2c", 400, 1e-3), ("s2c", 250, 5e-4)])
+def test_learnable_corpus_reaches_macro_f1_0_9_on_held_out_data(task, updates, lr, corpus_dir, imported_init, tmp_path):
     run = tmp_path / task
     hydra_train(f"{task}_demo", str(run), f"task.data={corpus_dir}", f"optimization.max_update={updates}",
-                f"checkpoint.finetune_from_model={imported_init[task]}", "optimization.lr=[5e-4]")
+                f"checkpoint.finetune_from_model={imported_init[task]}", f"optimization.lr=[{lr}]")
     log = (run / "hydra_train.log").read_text()
     assert "loading pretrained model from" in log  # really started from the imported official weights
     best = max(float(v) for v in re.findall(r"best_macro_f1 ([0-9.]+)", log))

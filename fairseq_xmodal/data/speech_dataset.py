@@ -1,4 +1,7 @@
-"""16 kHz mono utterances + class labels for s2c. Full length unless the training split asks for seeded crops."""
+"""16 kHz mono utterances + class labels for s2c. Full length unless the training split asks for seeded crops.
+
+`sizes` are in audio samples, so fairseq's max_tokens batching (`dataset.max_tokens`) bounds the padded samples of a
+batch: many short utterances or one long one."""
 import os
 from typing import List, Optional
 
@@ -15,11 +18,26 @@ class SpeechClassDataset(FairseqDataset):
         self.root, self.files, self.labels, self.ids = root, files, labels, ids
         self.true_sizes = np.array(sizes, dtype=np.int64)
         self.sample_rate, self.manifest = sample_rate, manifest
-        self.crop_samples, self.seed, self.epoch = crop_samples, seed, 1
-        self.sizes = self.true_sizes if crop_samples is None else np.minimum(self.true_sizes, crop_samples)
+        self.crop_samples, self.seed, self.epoch = None, seed, 1
+        self.sizes = self.true_sizes
+        if crop_samples is not None:
+            self.crop_to(crop_samples)
+
+    def crop_to(self, samples: int):
+        """Train on a seeded random window of at most `samples` (training splits only; the task decides)."""
+        if samples <= 0:
+            raise ValueError(f"crop length must be positive, got {samples}")
+        self.crop_samples = samples if self.crop_samples is None else min(self.crop_samples, samples)
+        self.sizes = np.minimum(self.true_sizes, self.crop_samples)
 
     def __len__(self):
         return len(self.files)
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        # Length ties are broken randomly; rebuilding batches per epoch (seeded by seed + epoch) keeps the data
+        # order of a run resumed in epoch N identical to an uninterrupted one.
+        return False
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -61,6 +79,9 @@ class SpeechClassDataset(FairseqDataset):
 
     def size(self, index):
         return int(self.sizes[index])
+
+    def num_tokens_vec(self, indices):
+        return self.sizes[indices]
 
     def ordered_indices(self):
         order = [np.random.permutation(len(self)), self.sizes]

@@ -254,8 +254,11 @@ def describe_init_file(path: str) -> str:
             except (OSError, ValueError):
                 break
             if kind == "transfer":
+                plan = side.get("plan") or {}
+                parts = ([f"take {','.join(plan['take'])}"] if plan.get("take") else []) + (
+                    [f"reinit {','.join(plan['reinit'])} {plan.get('init')}"] if plan.get("reinit") else [])
                 return (f"transfer {side['source']['task']}->{side['target']['task']} of "
-                        f"{describe_path(side['source']['path'])}")
+                        f"{describe_path(side['source']['path'])}" + (f" [{'; '.join(parts)}]" if parts else ""))
             return f"official {describe_path(side.get('source', path))}"
     return describe_path(path)
 

@@ -43,11 +43,14 @@ class ConvFeatureExtractor(nn.Module):
             self.conv_layers.append(nn.Sequential(*block))
             in_dim = dim
         self.layers = layers
+        self.checkpoint_activations = False  # set from the model config by SpeechEncoderPrenet
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:  # [B,S] -> [B,C,T]
         x = source.unsqueeze(1)
+        ckpt = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for conv in self.conv_layers:
-            x = conv(x)
+            # checkpointed: each block keeps only its input; conv output and GroupNorm output are recomputed
+            x = checkpoint(conv, x, use_reentrant=False) if ckpt else conv(x)
         return x
 
     def num_frames(self, num_samples: int) -> int:
@@ -108,6 +111,7 @@ class SpeechEncoderPrenet(nn.Module):
         layers = eval(cfg.conv_feature_layers)  # the official spec string, e.g. "[(512,10,5)] + [(512,3,2)] * 4"
         conv_dim, dim = layers[-1][0], cfg.encoder_embed_dim
         self.feature_extractor = ConvFeatureExtractor(layers)
+        self.feature_extractor.checkpoint_activations = cfg.checkpoint_activations
         self.layer_norm = nn.LayerNorm(conv_dim)
         self.post_extract_proj = nn.Linear(conv_dim, dim)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -181,7 +185,22 @@ class TextEncoderPrenet(nn.Module):
 
 
 class MultiheadAttention(nn.Module):
-    """Attention with fused SDPA. The encoder's relative-position term enters as an additive [B,H,Tq,Tk] bias."""
+    """Multi-head attention; q is scaled before anything else, as in the official code (the relative term uses the
+    scaled q too). Three execution paths, all exact:
+
+    - no relative positions (decoder self/cross-attention): F.scaled_dot_product_attention with an additive float
+      key-padding mask (or none). CPU: the fused flash kernel (dropout 0). CUDA: a float mask rules out flash but keeps
+      the memory-efficient kernel; the decoder's single query without mask can use flash.
+    - relative positions, no gradient needed (evaluation, frozen encoder): SDPA with the relative bias as additive
+      mask (the [B,H,T,T] bias is the only quadratic tensor; pos_k [T,T,hd] is never built).
+    - relative positions in training: CUDA keeps SDPA (memory-efficient kernel, which also returns the bias gradient;
+      it keeps the bias for backward). Elsewhere SDPA would fall back to its math kernel (a mask that requires grad
+      rules out the CPU flash kernel), which keeps the [B,H,T,T] probabilities of every layer for backward;
+      `RelativePositionAttention` instead keeps only O(T) tensors per layer and recomputes logits in backward.
+      `recompute` forces the choice (True/False); None = automatic as described.
+    """
+
+    recompute: Optional[bool] = None
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -193,32 +212,50 @@ class MultiheadAttention(nn.Module):
     def split(self, x):  # [B,T,D] -> [B,H,T,hd]
         return x.view(x.size(0), x.size(1), self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, query, key_value, key_padding_mask=None, pos_k=None):
-        """query [B,Tq,D], key_value [B,Tk,D], key_padding_mask [B,Tk] True=pad, pos_k [K,hd] relative table."""
+    def forward(self, query, key_value, key_padding_mask=None, pos_k=None, rel_index=None):
+        """query [B,Tq,D], key_value [B,Tk,D], key_padding_mask [B,Tk] True=pad, pos_k [K,hd] relative table,
+        rel_index [Tq,Tk] (relative_position_index; computed here if not given, the encoder shares one)."""
         q = self.split(self.q_proj(query)) * self.scaling
         k, v = self.split(self.k_proj(key_value)), self.split(self.v_proj(key_value))
-        bias = None
-        if pos_k is not None:
-            bias = relative_position_bias(q, pos_k)  # [B,H,Tq,Tk]
-        if key_padding_mask is not None:
-            pad = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
-            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
-            bias = pad if bias is None else bias + pad
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0, scale=1.0
-        )  # q is already scaled, as in the official code (the relative term uses the scaled q too)
+        dropout = self.dropout if self.training else 0.0
+        if pos_k is not None and rel_index is None:
+            rel_index = relative_position_index(q.size(2), k.size(2), pos_k.size(0) // 2, q.device)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                                  or pos_k is not None and pos_k.requires_grad)
+        recompute = self.recompute if self.recompute is not None else q.device.type != "cuda"
+        if pos_k is not None and needs_grad and recompute:
+            out = RelativePositionAttention.apply(q, k, v, pos_k, rel_index, key_padding_mask, dropout)
+        else:
+            mask = None
+            if pos_k is not None:
+                mask = relative_position_bias(q, pos_k, rel_index)  # [B,H,Tq,Tk]
+            if key_padding_mask is not None:
+                pad = key_padding_mask[:, None, None, :]
+                if mask is None:
+                    mask = torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill_(pad, float("-inf"))
+                else:  # in place: the gather output is not needed by its backward
+                    mask = mask.masked_fill_(pad, float("-inf"))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         out = out.transpose(1, 2).reshape(query.size(0), query.size(1), -1)
         return self.out_proj(out)
 
 
-def relative_position_bias(q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+def relative_position_index(tq: int, tk: int, max_relative_position: int, device=None) -> torch.Tensor:
+    """[Tq,Tk] long: row of pe_k for query i and key j, clamp(i - j, -M, M-1) + M (official clamp, 2M rows)."""
+    rel = torch.arange(tq, device=device)[:, None] - torch.arange(tk, device=device)[None, :]
+    return rel.clamp_(-max_relative_position, max_relative_position - 1).add_(max_relative_position)
+
+
+def relative_position_bias(q: torch.Tensor, pos_k: torch.Tensor, rel_index: Optional[torch.Tensor] = None):
     """bias[b,h,i,j] = q[b,h,i] . pe_k[clamp(i-j, -M, M-1) + M] without building the official [T,T,hd] tensor:
-    project q on the K table rows once ([B,H,T,K]) and gather. Memory O(T*K) + the [T,T] logits SDPA needs anyway."""
-    T, S, M = q.size(2), q.size(2), pos_k.size(0) // 2
+    project q on the K table rows once ([B,H,T,K]) and gather. Memory O(T*K) + the [T,T] result.
+    (The skewing trick of Transformer-XL gives the same values from a padded [T, 2T+K] buffer and an as_strided
+    view; measured slower than the gather on CPU in both directions, so the gather stays.)"""
+    B, H, T = q.shape[:3]
+    if rel_index is None:
+        rel_index = relative_position_index(T, T, pos_k.size(0) // 2, q.device)
     qk = torch.matmul(q, pos_k.t().to(q.dtype))  # [B,H,T,K]
-    rel = torch.arange(T, device=q.device)[:, None] - torch.arange(S, device=q.device)[None, :]
-    idx = rel.clamp(-M, M - 1) + M  # [T,S]
-    return torch.gather(qk, 3, idx.expand(q.size(0), q.size(1), T, S))
+    return torch.gather(qk, 3, rel_index.expand(B, H, *rel_index.shape))
 
 
 def relative_position_bias_reference(q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
@@ -227,6 +264,84 @@ def relative_position_bias_reference(q: torch.Tensor, pos_k: torch.Tensor) -> to
     rel = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
     table = pos_k[rel.clamp(-M, M - 1) + M]  # [T,T,hd]
     return torch.einsum("bhid,ijd->bhij", q, table.to(q.dtype))
+
+
+def _rel_logits(q, k, pos_k, rel_index, key_padding_mask):
+    """q.k^T + relative bias, padded keys -inf: [B,H,Tq,Tk] in q's dtype, one quadratic buffer (baddbmm in place)."""
+    B, H, T, hd = q.shape
+    S = k.size(2)
+    logits = relative_position_bias(q, pos_k, rel_index)
+    logits.view(B * H, T, S).baddbmm_(q.reshape(B * H, T, hd), k.reshape(B * H, S, hd).transpose(1, 2))
+    if key_padding_mask is not None:
+        logits.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
+    return logits
+
+
+def _dropout_keep(shape, p: float, seed: int, device) -> torch.Tensor:
+    """Keep-mask scaled by 1/(1-p), regenerated bit for bit from `seed` in backward."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    keep = torch.empty(shape, dtype=torch.float32, device=device).bernoulli_(1.0 - p, generator=gen)
+    return keep.mul_(1.0 / (1.0 - p))
+
+
+class RelativePositionAttention(torch.autograd.Function):
+    """softmax(q.k^T + rel_bias(q, pe_k) + pad_mask) . v with attention dropout, saving only q, k, v, pe_k, the
+    output and the shared [Tq,Tk] index: logits and probabilities are recomputed in backward (flash-attention style
+    recomputation, unblocked). Softmax in fp32 as the official code does; dropout mask regenerated from a seed drawn
+    from torch's global RNG (so torch.manual_seed and activation checkpointing reproduce it)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pos_k, rel_index, key_padding_mask, dropout):
+        ctx.dropout = dropout
+        ctx.seed = int(torch.randint(2 ** 62, ())) if dropout > 0 else 0
+        if dropout > 0:
+            acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16 (official softmax), fp64 stays
+            probs = torch.softmax(_rel_logits(q, k, pos_k, rel_index, key_padding_mask), dim=-1, dtype=acc)
+            probs.mul_(_dropout_keep(probs.shape, dropout, ctx.seed, probs.device).to(acc))
+            out = torch.matmul(probs.to(v.dtype), v)
+        else:  # no grad in here, so SDPA can use its fused kernel (CPU flash); the bias is its additive mask
+            bias = relative_position_bias(q, pos_k, rel_index)
+            if key_padding_mask is not None:
+                bias.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        ctx.save_for_backward(q, k, v, pos_k, rel_index, key_padding_mask, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, pos_k, rel_index, key_padding_mask, out = ctx.saved_tensors
+        B, H, T, hd = q.shape
+        acc = torch.promote_types(q.dtype, torch.float32)
+        probs = torch.softmax(_rel_logits(q, k, pos_k, rel_index, key_padding_mask), dim=-1, dtype=acc)
+        grad_out = grad_out.to(v.dtype)
+        grad_probs = torch.matmul(grad_out, v.transpose(-1, -2)).to(acc)  # dL/d(dropped probs) [B,H,T,S]
+        if ctx.dropout > 0:
+            keep = _dropout_keep(probs.shape, ctx.dropout, ctx.seed, probs.device).to(acc)
+            grad_v = torch.matmul((probs * keep).to(v.dtype).transpose(-1, -2), grad_out)
+            grad_probs.mul_(keep)
+            del keep
+        else:
+            grad_v = torch.matmul(probs.to(v.dtype).transpose(-1, -2), grad_out)
+        # softmax backward: dS = P * (dP - rowsum(dP * P)); rowsum(dP * P) = rowsum(dO * O) (dropout included)
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)
+        grad_logits = probs.mul_(grad_probs.sub_(delta))  # in place, accumulation dtype
+        del grad_probs
+        g = grad_logits.to(q.dtype)
+        grad_q = torch.matmul(g, k)
+        grad_k = torch.matmul(g.transpose(-1, -2), q)
+        del g
+        grad_pos = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+            # relative term: logits[i,j] += qk[i, rel_index[i,j]], qk = q . pe_k^T
+            grad_qk = torch.zeros(B, H, T, pos_k.size(0), dtype=acc, device=q.device)
+            grad_qk.scatter_add_(3, rel_index.expand(B, H, *rel_index.shape), grad_logits)
+            del grad_logits
+            grad_qk = grad_qk.to(q.dtype)
+            grad_q = grad_q.add_(torch.matmul(grad_qk, pos_k.to(q.dtype)))
+            if ctx.needs_input_grad[3]:
+                grad_pos = (grad_qk.reshape(-1, pos_k.size(0)).t() @ q.reshape(-1, hd)).to(pos_k.dtype)
+        return grad_q, grad_k, grad_v, grad_pos, None, None, None
 
 
 class EncoderLayer(nn.Module):
@@ -243,8 +358,8 @@ class EncoderLayer(nn.Module):
     def ffn(self, x):
         return self.dropout(self.fc2(self.activation_dropout(gelu_fp32(self.fc1(x)))))
 
-    def forward(self, x, padding_mask, pos_k):
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, x, padding_mask, pos_k)))
+    def forward(self, x, padding_mask, pos_k, rel_index=None):
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, x, padding_mask, pos_k, rel_index)))
         return self.final_layer_norm(x + self.ffn(x))
 
 
@@ -267,14 +382,18 @@ class Encoder(nn.Module):
 
     def forward(self, x, padding_mask):  # [B,T,D], [B,T] -> [B,T,D]
         x = self.dropout(self.layer_norm(x))
+        if padding_mask is not None and not padding_mask.any():
+            padding_mask = None  # nothing padded (one utterance, equal lengths): no mask pass per layer
         pos_k = self.pos_emb.pe_k.weight
+        rel_index = relative_position_index(x.size(1), x.size(1), pos_k.size(0) // 2, x.device)  # shared by layers
         for layer in self.layers:
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
             if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, padding_mask, pos_k, use_reentrant=False)
+                # non-reentrant: works when only parameters require grad; restores the RNG state for dropout
+                x = checkpoint(layer, x, padding_mask, pos_k, rel_index, use_reentrant=False)
             else:
-                x = layer(x, padding_mask, pos_k)
+                x = layer(x, padding_mask, pos_k, rel_index)
         return x
 
 
@@ -315,6 +434,8 @@ class Decoder(nn.Module):
         )
 
     def forward(self, x, enc, enc_padding_mask):
+        if enc_padding_mask is not None and not enc_padding_mask.any():
+            enc_padding_mask = None  # unpadded batch: mask-free SDPA (CUDA flash eligible)
         for layer in self.layers:
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue

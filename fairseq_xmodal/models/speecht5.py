@@ -5,14 +5,16 @@ text:   tokens   -> text_encoder_prenet   -> encoder -+-> decoder(one all-zero q
 
 Both tasks build the same module tree, so a checkpoint of either loads key for key into the other.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 
-from . import modules
+from . import freezing, modules
 
 
 @dataclass
@@ -44,7 +46,34 @@ class SpeechT5Config(FairseqDataclass):
     mask_prob: float = field(default=0.0, metadata={"help": "training-time probability of masking a frame span"})
     mask_length: int = field(default=10, metadata={"help": "length of a masked frame span"})
     checkpoint_activations: bool = field(
-        default=False, metadata={"help": "recompute encoder layer activations in backward to save memory"}
+        default=False,
+        metadata={"help": "training: keep only the inputs of each encoder layer and each conv feature-extractor block "
+                          "and recompute the rest in backward (less memory, about a third more compute)"},
+    )
+    freeze: List[str] = field(
+        default_factory=list,
+        metadata={"help": "what to freeze, e.g. [speech_prenet,encoder] or [encoder.layers.0,decoder]: module groups "
+                          "speech_prenet, text_prenet, encoder, decoder, head; `prenet` (the task's own); "
+                          "encoder.layers.I, .I-J, .first, .middle, .last, .all; encoder.rest (likewise decoder). With "
+                          "freeze_updates=0 their parameters get requires_grad=False (the optimizer never sees them); "
+                          "frozen groups at the start of the forward path run under torch.no_grad, so their backward "
+                          "is skipped. Dropout stays active in frozen groups (train mode). docs/methods/freezing.md"},
+    )
+    freeze_updates: int = field(
+        default=0,
+        metadata={"help": "0: model.freeze holds for the whole run. N > 0: model.freeze holds only for updates 0..N-1 "
+                          "(the parameters stay in the optimizer; their gradients are dropped), then they train"},
+    )
+    embedder_warmup_updates: int = field(
+        default=0,
+        metadata={"help": "N > 0: embedder warm-up. Stage 1 (updates 0..N-1) trains only model.warmup_trainable, the "
+                          "rest is held as with freeze_updates; stage 2 trains everything not frozen. The model "
+                          "attribute in_embedder_warmup tells which stage a step is in. docs/methods/embedder_warmup.md"},
+    )
+    warmup_trainable: List[str] = field(
+        default_factory=lambda: ["prenet", "head"],
+        metadata={"help": "what trains in warm-up stage 1 (selectors as in model.freeze); `prenet` is the task's own "
+                          "prenet: speech_prenet for s2c, text_prenet for t2c"},
     )
 
 
@@ -66,6 +95,12 @@ class SpeechT5TinyConfig(SpeechT5Config):
     decoder_layerdrop: float = 0.0
 
 
+# freeze group -> attribute, and the order in which each input modality passes through them
+FREEZE_GROUPS = {"speech_prenet": "speech_encoder_prenet", "text_prenet": "text_encoder_prenet", "encoder": "encoder",
+                 "decoder": "decoder", "head": "speaker_decoder_postnet"}
+AFTER_PRENET = ("encoder", "decoder", "head")
+
+
 def init_bert_params(module: nn.Module):
     """The official --bert-init: N(0, 0.02) linears and embeddings, zero biases and padding rows."""
     if isinstance(module, nn.Linear):
@@ -80,8 +115,14 @@ def init_bert_params(module: nn.Module):
 
 
 @register_model("speecht5_base", dataclass=SpeechT5Config)
-class SpeechT5Classifier(BaseFairseqModel):
-    def __init__(self, cfg: SpeechT5Config, text_vocab_size: int, text_padding_idx: int, num_classes: int):
+class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
+    """Freezing and training stages (set_frozen, set_num_updates, in_embedder_warmup, ...): models/freezing.py."""
+
+    FREEZE_GROUPS = FREEZE_GROUPS
+    AFTER_PRENET = AFTER_PRENET
+
+    def __init__(self, cfg: SpeechT5Config, text_vocab_size: int, text_padding_idx: int, num_classes: int,
+                 target_prenet: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
         dim = cfg.encoder_embed_dim
@@ -93,26 +134,47 @@ class SpeechT5Classifier(BaseFairseqModel):
         for m in self.modules():
             if not isinstance(m, nn.Conv1d):  # convs keep their own (kaiming / wav2vec2 pos_conv) init
                 init_bert_params(m)
+        # model.freeze / freeze_updates / embedder_warmup_updates; target_prenet: the task's own prenet group
+        self.init_stages(cfg, target_prenet)
+
+    def _no_grad_stages(self, speech: bool) -> int:
+        """How many leading stages of the path (prenet, encoder, decoder, head) are frozen, hence need no backward."""
+        n = 0
+        for group in ("speech_prenet" if speech else "text_prenet",) + AFTER_PRENET:
+            if group not in self.no_grad_groups:  # frozen, or held at this update (freezing.py)
+                break
+            n += 1
+        return n
 
     @classmethod
     def build_model(cls, cfg, task):
-        return cls(cfg, len(task.text_dictionary), task.text_dictionary.pad(), task.class_dictionary.num_outputs)
+        return cls(cfg, len(task.text_dictionary), task.text_dictionary.pad(), task.class_dictionary.num_outputs,
+                   target_prenet=getattr(task, "target_prenet", None))
 
     def encode(self, source=None, padding_mask=None, src_tokens=None, src_lengths=None):
         """Either modality -> (encoder output [B,T,D], padding mask [B,T])."""
-        if source is not None:
-            x, pad = self.speech_encoder_prenet(source, padding_mask)
-        elif src_tokens is not None:
-            x, pad = self.text_encoder_prenet(src_tokens)
-        else:
+        if source is None and src_tokens is None:
             raise ValueError("net_input needs `source` (+ `padding_mask`) for speech or `src_tokens` for text")
-        return self.encoder(x, pad), pad
+        skip = self._no_grad_stages(speech=source is not None)
+        with torch.no_grad() if skip >= 1 else nullcontext():
+            if source is not None:
+                x, pad = self.speech_encoder_prenet(source, padding_mask)
+            else:
+                x, pad = self.text_encoder_prenet(src_tokens)
+        with torch.no_grad() if skip >= 2 else nullcontext():
+            return self.encoder(x, pad), pad
 
     def forward(self, source=None, padding_mask=None, src_tokens=None, src_lengths=None, **unused):
         """-> class logits [B, num_classes]. The decoder sees one all-zero query, the official SID "[CLS]"."""
+        skip = self._no_grad_stages(speech=source is not None)
+        if skip == 4 and self.training and torch.is_grad_enabled():
+            raise ValueError(f"{sorted(self.no_grad_groups)} are frozen or held at update {self.num_updates}: every "
+                             f"module this input passes through, nothing to train (model.freeze, freeze_updates, "
+                             f"warmup_trainable)")
         enc, pad = self.encode(source, padding_mask, src_tokens, src_lengths)
-        query = enc.new_zeros(enc.size(0), 1, enc.size(2))
-        dec = self.decoder(query, enc, pad)  # [B,1,D]
+        with torch.no_grad() if skip >= 3 else nullcontext():
+            query = enc.new_zeros(enc.size(0), 1, enc.size(2))
+            dec = self.decoder(query, enc, pad)  # [B,1,D]
         return self.speaker_decoder_postnet(dec[:, 0])
 
     def max_positions(self):

@@ -10,11 +10,14 @@ from fairseq.tasks import FairseqTask
 from omegaconf import II, MISSING
 
 from ..data.class_dictionary import ClassDictionary
+from ..models import freezing
 from ..text_vocab import load_text_dictionary
 
 logger = logging.getLogger(__name__)
 
-LONG_POLICY = ChoiceEnum(["error", "skip"])
+LONG_POLICY = ChoiceEnum(["error", "skip", "crop"])
+# task -> the model group that embeds its input (models/speecht5.py FREEZE_GROUPS)
+TARGET_PRENET = {"s2c": "speech_prenet", "t2c": "text_prenet"}
 
 
 @dataclass
@@ -33,10 +36,14 @@ class ClassificationTaskConfig(FairseqDataclass):
     )
     long_utterances: LONG_POLICY = field(
         default="error",
-        metadata={"help": "an utterance longer than the batch limit (dataset.max_tokens / max positions): 'error' "
-                          "stops with its ids, 'skip' leaves it out and logs every skipped id"},
+        metadata={"help": "an utterance longer than the batch limit (dataset.max_tokens, max_tokens_valid, max "
+                          "positions): 'error' stops with its ids; 'skip' leaves it out and logs every skipped id; "
+                          "'crop' (s2c training split only) trains on a random window of the limit's length, seeded "
+                          "by (common.seed, epoch, index) - evaluation splits are never cropped, so there it is an "
+                          "error. Nothing is ever dropped silently."},
     )
     train_subset: str = II("dataset.train_subset")
+    max_tokens_valid: Optional[int] = II("dataset.max_tokens_valid")  # only to fail fast, see check_split_lengths
     seed: int = II("common.seed")
 
 
@@ -66,6 +73,27 @@ class ClassificationTask(FairseqTask):
         return split in str(self.cfg.train_subset).split(",")
 
     @property
+    def target_prenet(self) -> Optional[str]:
+        """The model group that embeds this task's input: speech_prenet (s2c) or text_prenet (t2c). The model gets it
+        at build time: the selector `prenet` and the embedder warm-up mean this group."""
+        from fairseq.tasks import TASK_REGISTRY
+
+        return next((prenet for name, prenet in TARGET_PRENET.items()
+                     if name in TASK_REGISTRY and isinstance(self, TASK_REGISTRY[name])), None)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """fairseq's forward/backward, inside the model's training stage for `update_num` (models/freezing.py):
+        parameters held by model.freeze_updates or the embedder warm-up get no gradient."""
+        if hasattr(criterion, "set_num_updates"):  # fairseq 0.12 tells only the model; xmodal_mona schedules by it
+            criterion.set_num_updates(update_num)
+        with freezing.training_step(model, optimizer, update_num):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        freezing.drop_held_grads(model)  # held parameters reach the optimizer without a gradient: Adam skips them
+        super().optimizer_step(optimizer, model, update_num)
+
+    @property
     def source_dictionary(self):
         return self.text_dictionary
 
@@ -76,22 +104,73 @@ class ClassificationTask(FairseqTask):
     def max_positions(self):
         return None
 
+    def check_split_lengths(self, split: str):
+        """At load time, stop early (instead of at the first validation, maybe hours later) when an evaluation split
+        has utterances over dataset.max_tokens_valid and the policy would refuse them at batching time."""
+        try:
+            limit = self.cfg.max_tokens_valid
+        except Exception:  # an unresolvable ${dataset.max_tokens_valid} (task config used on its own)
+            limit = None
+        if self.is_train_split(split) or not isinstance(limit, int) or self.cfg.long_utterances == "skip":
+            return  # skip reports them when batching; the limit is unknown outside a composed config
+        dataset = self.datasets[split]
+        too_long = np.nonzero(dataset.sizes > limit)[0]
+        if len(too_long):
+            self._long_utterances(dataset, too_long, limit)
+
+    def split_of(self, dataset) -> Optional[str]:
+        return next((name for name, ds in self.datasets.items() if ds is dataset), None)
+
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, **kwargs):
+        """fairseq's length-bucketed batching (dataset.sizes: samples for s2c, tokens for t2c; a batch holds at most
+        max_tokens padded units, so many short or one long utterance), with the long-utterance policy applied first
+        and a check that every remaining utterance is in some batch."""
+        n_skipped = 0
         limits = [x for x in (max_tokens, max_positions if isinstance(max_positions, int) else None) if x]
         if limits:
             limit = min(limits)
             too_long = np.nonzero(dataset.sizes > limit)[0]
             if len(too_long):
-                ids = [dataset.ids[i] if dataset.ids else str(i) for i in too_long]
-                msg = (f"{len(too_long)} utterance(s) are longer than the batch limit {limit} "
-                       f"({'samples' if hasattr(dataset, 'sample_rate') else 'tokens'}): {', '.join(ids[:20])}"
-                       f"{' ...' if len(ids) > 20 else ''}")
-                if self.cfg.long_utterances == "error":
-                    raise ValueError(msg + ". Raise dataset.max_tokens (and max_tokens_valid), crop training audio "
-                                           "with task.train_crop_samples, or set task.long_utterances=skip")
-                logger.warning(msg + " -> skipped (task.long_utterances=skip); all ids: " + ", ".join(ids))
-                max_positions, ignore_invalid_inputs = limit, True
-        return super().get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=max_sentences,
-                                          max_positions=max_positions, ignore_invalid_inputs=ignore_invalid_inputs,
-                                          **kwargs)
+                n_skipped = self._long_utterances(dataset, too_long, limit)
+                if n_skipped:
+                    max_positions, ignore_invalid_inputs = limit, True
+        epoch_iter = super().get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                                                max_positions=max_positions,
+                                                ignore_invalid_inputs=ignore_invalid_inputs, **kwargs)
+        if not callable(epoch_iter.batch_sampler):  # batches are fixed now (rebuild_batches=false, the default)
+            n_batched = sum(len(b) for b in epoch_iter.batch_sampler)
+            if n_batched != len(dataset) - n_skipped:
+                raise ValueError(
+                    f"only {n_batched} of {len(dataset) - n_skipped} utterances of {self.split_of(dataset)} are in a "
+                    f"batch: fairseq drops the last (longest) batch when its size is not a multiple of "
+                    f"dataset.required_batch_size_multiple; set dataset.required_batch_size_multiple=1")
+        return epoch_iter
+
+    def _long_utterances(self, dataset, too_long: np.ndarray, limit: int) -> int:
+        """Apply task.long_utterances to the utterances `too_long` (indices); returns how many will be skipped."""
+        split = self.split_of(dataset)
+        unit = "samples" if hasattr(dataset, "sample_rate") else "tokens"
+        names = getattr(dataset, "ids", None)
+        ids = [names[i] if names else str(i) for i in too_long]
+        msg = (f"{split or 'dataset'}: {len(too_long)} utterance(s) are longer than the batch limit {limit} {unit} "
+               f"(longest {int(dataset.sizes[too_long].max())}): {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}")
+        policy = self.cfg.long_utterances
+        if policy == "skip":
+            logger.warning(msg + " -> skipped (task.long_utterances=skip); all ids: " + ", ".join(ids))
+            return len(too_long)
+        if policy == "crop":
+            training = split is not None and self.is_train_split(split)
+            if training and hasattr(dataset, "crop_to"):
+                dataset.crop_to(limit)
+                logger.warning(msg + f" -> each epoch trains on a random {limit}-{unit} window of them "
+                                     f"(task.long_utterances=crop, seeded by common.seed, epoch and index)")
+                return 0
+            why = ("evaluation splits are never cropped (scores are always on full utterances)" if hasattr(dataset, "crop_to")
+                   else "only speech (s2c) training audio can be cropped")
+            raise ValueError(msg + f". task.long_utterances=crop does not apply here: {why}. Raise the limit "
+                                   f"(dataset.max_tokens_valid for validation/evaluation) or set "
+                                   f"task.long_utterances=skip to leave them out with a report")
+        raise ValueError(msg + ". Raise dataset.max_tokens (and max_tokens_valid), or choose task.long_utterances="
+                               "crop (random training windows of the limit's length) or skip (leave them out, "
+                               "reported)")

@@ -5,6 +5,7 @@ from typing import Optional
 
 from fairseq.tasks import register_task
 
+from ..data.paired_dataset import pair_with_other_modality
 from ..data.speech_dataset import SpeechClassDataset
 from ..data.split_files import read_ids, read_labels, read_manifest
 from .base import ClassificationTask, ClassificationTaskConfig
@@ -16,7 +17,13 @@ class S2CConfig(ClassificationTaskConfig):
     train_crop_samples: Optional[int] = field(
         default=None,
         metadata={"help": "crop training-split utterances longer than this to a random window seeded by "
-                          "(common.seed, epoch, index); other splits are always evaluated on the full utterance"},
+                          "(common.seed, epoch, index); other splits are always evaluated on the full utterance. "
+                          "task.long_utterances=crop does the same for utterances over dataset.max_tokens only"},
+    )
+    paired_source_modality: bool = field(
+        default=False,
+        metadata={"help": "training splits also load each row's transcript (t2c's input), same folder and rows, into "
+                          "sample['source_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
     )
 
 
@@ -34,3 +41,6 @@ class S2CTask(ClassificationTask):
             crop_samples=self.cfg.train_crop_samples if self.is_train_split(split) else None,
             seed=self.cfg.seed,
         )
+        self.check_split_lengths(split)
+        if self.cfg.paired_source_modality and self.is_train_split(split):
+            self.datasets[split] = pair_with_other_modality(self, split, self.datasets[split])

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from fairseq.tasks import register_task
 
+from ..data.paired_dataset import pair_with_other_modality
 from ..data.split_files import read_ids, read_labels, read_lines
 from ..data.text_dataset import TextClassDataset
 from .base import ClassificationTask, ClassificationTaskConfig
@@ -20,6 +21,11 @@ class T2CConfig(ClassificationTaskConfig):
         default=None, metadata={"help": "SpeechT5 spm_char.model (default: <data>/spm_char.model)"}
     )
     text_ext: str = field(default="wrd", metadata={"help": "transcript extension: reads <split>.<text_ext>"})
+    paired_source_modality: bool = field(
+        default=False,
+        metadata={"help": "training splits also load each row's audio (s2c's input), same folder and rows, into "
+                          "sample['source_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
+    )
 
 
 @register_task("t2c", dataclass=T2CConfig)
@@ -61,3 +67,6 @@ class T2CTask(ClassificationTask):
         labels = read_labels(self.cfg.data, split, self.cfg.labels, self.class_dictionary, len(lines)) if has_labels else None
         self.datasets[split] = TextClassDataset(tokens, labels, read_ids(self.cfg.data, split, len(lines)),
                                                 self.text_dictionary.pad())
+        self.check_split_lengths(split)
+        if self.cfg.paired_source_modality and self.is_train_split(split):
+            self.datasets[split] = pair_with_other_modality(self, split, self.datasets[split])
