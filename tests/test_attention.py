@@ -11,15 +11,6 @@ B, T, D, H, M = 3, 37, 32, 4, 8  # T > 2M: the clamp of far offsets is exercised
 LENGTHS = [37, 30, 9]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and immune to other processes on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def inputs():
     g = torch.Generator().manual_seed(0)

@@ -18,14 +18,6 @@ from fairseq_xmodal.models.speecht5 import FREEZE_GROUPS, SpeechT5Classifier, Sp
 from fairseq_xmodal.tasks.s2c import S2CConfig, S2CTask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; robust on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def s2c_task(corpus_dir, **cfg):
     task = S2CTask.setup_task(S2CConfig(data=corpus_dir, train_subset="train", seed=1, **cfg))
     task.load_dataset("train")

@@ -21,14 +21,6 @@ from fairseq_xmodal.tasks.s2c import S2CConfig, S2CTask
 from fairseq_xmodal.tasks.t2c import T2CConfig, T2CTask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def t2c_paired(corpus_dir):
     task = T2CTask.setup_task(T2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True))

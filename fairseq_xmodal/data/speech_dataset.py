@@ -8,10 +8,12 @@ from typing import List, Optional
 import numpy as np
 import soundfile as sf
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import data_utils
+
+from .labelled_dataset import LabelledDataset
 
 
-class SpeechClassDataset(FairseqDataset):
+class SpeechClassDataset(LabelledDataset):
     def __init__(self, root: str, files: List[str], sizes: List[int], labels: Optional[List[int]],
                  ids: Optional[List[str]], sample_rate: int, manifest: str,
                  crop_samples: Optional[int] = None, seed: int = 1):
@@ -32,12 +34,6 @@ class SpeechClassDataset(FairseqDataset):
 
     def __len__(self):
         return len(self.files)
-
-    @property
-    def can_reuse_epoch_itr_across_epochs(self):
-        # Length ties are broken randomly; rebuilding batches per epoch (seeded by seed + epoch) keeps the data
-        # order of a run resumed in epoch N identical to an uninterrupted one.
-        return False
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -69,23 +65,7 @@ class SpeechClassDataset(FairseqDataset):
             with data_utils.numpy_seed(self.seed, self.epoch, index):
                 start = int(np.random.randint(0, len(wav) - self.crop_samples + 1))
             wav, crop = wav[start : start + self.crop_samples], start
-        item = {"id": index, "source": torch.from_numpy(np.ascontiguousarray(wav)), "crop_start": crop}
-        if self.labels is not None:
-            item["target"] = self.labels[index]
-        return item
-
-    def num_tokens(self, index):
-        return int(self.sizes[index])
-
-    def size(self, index):
-        return int(self.sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return self.sizes[indices]
-
-    def ordered_indices(self):
-        order = [np.random.permutation(len(self)), self.sizes]
-        return np.lexsort(order)[::-1]
+        return self.item(index, torch.from_numpy(np.ascontiguousarray(wav)), crop_start=crop)
 
     def collater(self, samples):
         samples = [s for s in samples if s["source"].numel() > 0]
@@ -97,12 +77,4 @@ class SpeechClassDataset(FairseqDataset):
         for i, s in enumerate(samples):
             n = s["source"].numel()
             source[i, :n], padding_mask[i, :n] = s["source"], False
-        batch = {
-            "id": torch.LongTensor([s["id"] for s in samples]),
-            "nsentences": len(samples),
-            "ntokens": len(samples),
-            "net_input": {"source": source, "padding_mask": padding_mask},
-        }
-        if "target" in samples[0]:
-            batch["target"] = torch.LongTensor([s["target"] for s in samples])
-        return batch
+        return self.batch(samples, {"source": source, "padding_mask": padding_mask})
