@@ -355,6 +355,20 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
+def _style(ax, xlabel: str, ylabel: str, title: str):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: str):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
 def plot_losses(speeds: List[Dict[str, Any]], path: str):
     """Train and validation loss per epoch, every run on one figure (solid train, dashed valid, one colour per run)."""
     plt = _pyplot()
@@ -372,9 +386,7 @@ def plot_losses(speeds: List[Dict[str, Any]], path: str):
         ax.set_ylabel("loss (base 2)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_valid_f1(speeds: List[Dict[str, Any]], path: str):
@@ -387,14 +399,8 @@ def plot_valid_f1(speeds: List[Dict[str, Any]], path: str):
             ax.plot(*zip(*pts), color=f"C{i % 10}", marker=".", label=s["run"])
         if s["first_multi_label_epoch"] is not None:
             ax.axvline(s["first_multi_label_epoch"], color=f"C{i % 10}", ls=":", lw=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("valid macro-F1 (%)")
-    ax.set_title("validation macro-F1 (dotted: first epoch not single-label)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _style(ax, "epoch", "valid macro-F1 (%)", "validation macro-F1 (dotted: first epoch not single-label)")
+    _save(fig, path)
 
 
 def plot_confusion(m: Dict[str, Any], title: str, path: str):
@@ -411,9 +417,7 @@ def plot_confusion(m: Dict[str, Any], title: str, path: str):
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_f1_vs_shots(speeds: List[Dict[str, Any]], evals: List[Dict[str, Any]], path: str) -> bool:
@@ -441,14 +445,8 @@ def plot_f1_vs_shots(speeds: List[Dict[str, Any]], evals: List[Dict[str, Any]], 
         ax.plot([xpos[k] for k, _ in series], [v for _, v in series], marker="o" if kind == "log" else "x",
                 ls="-" if kind == "log" else "--", color=f"C{i % 10}", label=label)
     ax.set_xticks(list(xpos.values()), [str(k) if k is not None else "full" for k in xpos])
-    ax.set_xlabel("training examples per class (k)")
-    ax.set_ylabel("macro-F1 (%)")
-    ax.set_title("F1 versus shots")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _style(ax, "training examples per class (k)", "macro-F1 (%)", "F1 versus shots")
+    _save(fig, path)
     return True
 
 
