@@ -11,11 +11,16 @@ Every target key gets exactly one origin:
             "xavier_uniform" / "xavier_normal" = Glorot init of weight matrices, docs/methods/layerwise_transfer.md)
 
 Selectors name the keys (docs/transfer_and_evaluation.md):
-  all | speech_prenet | text_prenet | encoder | decoder | head
+  all | speech_prenet | text_prenet | encoder | decoder | head | pooler
   encoder.layers[=I,J,K-L] | decoder.layers[=...]   those layer indices (all layers without `=`)
   encoder.rest | decoder.rest                         the group's keys outside its layers (final norm, positions)
 The most specific selector naming a key wins (layer/rest > group > all); two equally specific selectors that give
 one key different origins are an error.
+
+The target's model.classifier is the source's unless `TransferPlan.classifier` changes it; head and pooler keys are
+only taken from a checkpoint with the same classifier (its head reads other features otherwise): name their
+re-initialisation (--reinit head,pooler) to change it. Decoder keys of a decoder_query source are dropped, with that
+reason, when the target classifier builds no decoder (docs/methods/classifier_heads.md).
 """
 import argparse
 import copy
@@ -31,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoints import atomic_write_json, build_task_and_model, load_state, make_cfg, save_checkpoint
+from .models import heads
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,9 @@ GROUPS: Dict[str, str] = {  # selector name -> state-dict prefix
     "encoder": "encoder.",
     "decoder": "decoder.",
     "head": "speaker_decoder_postnet.",
+    "pooler": "pooler.",  # parameters of model.classifier=encoder_attentive / layer_weighted (models/heads.py)
 }
+CLASSIFIER_GROUPS = ("head", "pooler")  # what reads the classifier's features: only moved between equal classifiers
 LAYERED = ("encoder", "decoder")
 PRENET_OF_TASK = {"s2c": "speech_prenet", "t2c": "text_prenet"}
 TASKS = tuple(PRENET_OF_TASK)
@@ -294,6 +302,7 @@ class TransferPlan:
     seed: int = 1
     task_overrides: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    classifier: Optional[str] = None  # target model.classifier; None = the source's
 
     def rules(self) -> Tuple[List[Tuple[Selector, str]], List[str]]:
         """(selector, origin) rules, plus notes on defaults that were applied."""
@@ -562,7 +571,10 @@ def transfer(plan: TransferPlan) -> TransferReport:
     task_dict = {"_name": plan.task, "data": os.path.abspath(plan.data),
                  **{f: src_cfg["task"][f] for f in CARRIED_TASK_FIELDS if f in src_cfg["task"]},
                  **plan.task_overrides}
-    cfg = make_cfg(task_dict, copy.deepcopy(src_cfg["model"]), seed=plan.seed)
+    model_dict = copy.deepcopy(src_cfg["model"])
+    if plan.classifier is not None:
+        model_dict["classifier"] = heads.classifier_of({"classifier": plan.classifier})  # validated
+    cfg = make_cfg(task_dict, model_dict, seed=plan.seed)
     with torch.random.fork_rng(devices=[]):  # seeded construction = the "model" init; the caller's RNG is untouched
         torch.manual_seed(plan.seed)
         task, model = build_task_and_model(cfg)
@@ -577,6 +589,7 @@ def transfer(plan: TransferPlan) -> TransferReport:
     providers = {"source": (source, "source"), "modality": (modality, "--modality-from")}
 
     checks = _run_checks(assignment, providers, task)
+    checks["classifier"] = _check_classifiers(assignment, providers, model.classifier)
     new_sd, casts = {}, {}
     problems = []
     for origin in ("source", "modality"):
@@ -595,7 +608,7 @@ def transfer(plan: TransferPlan) -> TransferReport:
         new_sd.update({k: fresh[k] for k in init_keys})
     model.load_state_dict(new_sd, strict=True)  # every key exactly once, every shape right
 
-    report = _report(plan, out, source, modality, task, assignment, checks, casts, notes)
+    report = _report(plan, out, source, modality, task, assignment, checks, casts, notes, model.classifier)
     report.init_notes = {k: init_ctx.notes[k] for k in init_keys if k in init_ctx.notes}
     per_key = ("transferred", "kept", "initialised", "dropped_source_keys", "init_notes")  # in the JSON only
     save_checkpoint(out, cfg, model.state_dict(), task.state.state_dict,
@@ -647,11 +660,33 @@ def _run_checks(assignment, providers, task) -> Dict[str, str]:
     return checks
 
 
+def _check_classifiers(assignment, providers, target: str) -> str:
+    """Head/pooler keys come only from a checkpoint whose model.classifier is the target's (or are re-initialised)."""
+    results = []
+    for origin in ("source", "modality"):
+        keys = [k for k, a in assignment.items() if a.origin == origin and group_of(k) in CLASSIFIER_GROUPS]
+        ck, role = providers[origin]
+        if not keys or ck is None:
+            continue
+        theirs = heads.classifier_of(ck.state["cfg"]["model"]) if is_xmodal_checkpoint(ck.state) else heads.DECODER_QUERY
+        if theirs != target:
+            groups = sorted({group_of(k) for k in assignment if group_of(k) in CLASSIFIER_GROUPS})
+            raise TransferError(f"classifier mismatch: {role} {ck.path} has model.classifier={theirs}, the target "
+                                f"{target}, so its {'/'.join(sorted({group_of(k) for k in keys}))} would read other "
+                                f"features. Fix: pass --reinit {','.join(groups)} (a new classifier), or keep the "
+                                f"classifier ({theirs})")
+        results.append(f"{role} has model.classifier={target}")
+    return "; ".join(results) or f"{target}: head re-initialised"
+
+
 def _take_tensor(ck: LoadedCheckpoint, role: str, key: str, like: torch.Tensor, new_sd, casts) -> List[str]:
     if key in ck.unavailable:
         return [f"{role} {ck.path} cannot provide {key}: {ck.unavailable[key]}"]
     if key not in ck.tensors:
-        return [f"{role} {ck.path} has no {key} (a different model?); select it from elsewhere (--take/--keep/"
+        theirs = heads.classifier_of(ck.state["cfg"]["model"]) if is_xmodal_checkpoint(ck.state) else None
+        why = (f"its model.classifier={theirs} builds no decoder" if theirs and not heads.builds_decoder(theirs)
+               and key.startswith(heads.DECODER_PREFIX) else "a different model?")
+        return [f"{role} {ck.path} has no {key} ({why}); select it from elsewhere (--take/--keep/"
                 f"--reinit {unit_of(key)})"]
     t = ck.tensors[key]
     if tuple(t.shape) != tuple(like.shape):
@@ -667,18 +702,19 @@ def _take_tensor(ck: LoadedCheckpoint, role: str, key: str, like: torch.Tensor, 
     return []
 
 
-def _report(plan, out, source, modality, task, assignment, checks, casts, notes) -> TransferReport:
+def _report(plan, out, source, modality, task, assignment, checks, casts, notes,
+            target_classifier=heads.DECODER_QUERY) -> TransferReport:
     sections = {o: {k: a.selector for k, a in assignment.items() if a.origin == o} for o in ORIGINS}
     dropped = {}
     for key in source.tensors:
         if key not in assignment:
-            dropped[key] = "not in the target model"
+            dropped[key] = heads.unused_key_reason(key, target_classifier) or "not in the target model"
         elif assignment[key].origin != "source":
             dropped[key] = f"replaced: {assignment[key].origin} by {assignment[key].selector!r}"
     return TransferReport(
         format=FORMAT, out=out, source=source.describe(),
         modality=modality.describe() if modality else None,
-        target={"task": plan.task, "data": os.path.abspath(plan.data),
+        target={"task": plan.task, "data": os.path.abspath(plan.data), "classifier": target_classifier,
                 "class_labels": list(task.class_dictionary.labels), "class_padded": task.class_dictionary.padded,
                 "text_symbols": len(task.text_dictionary)},
         plan={"take": list(plan.take), "keep": list(plan.keep), "reinit": list(plan.reinit), "rest": plan.rest,

@@ -223,7 +223,7 @@ def test_prepared_transplants_are_exact_and_the_sweeps_select_them(transplants, 
     assert cfg["model"]["freeze"] == [] and cfg["task"]["_name"] == "t2c"
     params, cfg = _compose("sweep_warmup", f"task.data={corpus_dir}")
     assert params == {"model.embedder_warmup_updates": "0,1000"} and cfg["task"]["_name"] == "s2c"
-    assert cfg["model"]["warmup_trainable"] == ["prenet", "head"]
+    assert cfg["model"]["warmup_trainable"] == ["prenet", "pooler", "head"]
 
 
 def _compose(config_name, *overrides):

@@ -11,7 +11,8 @@ import torch
 from conftest import BIN, dict_folder, hydra_train
 from fairseq_xmodal.cli.probe import main as cli_main
 from fairseq_xmodal.evaluation.probe import (ProbeConfig, ProbeError, extract_features, holdout_split,
-                                             load_probed_model, masked_mean, probe)
+                                             load_probed_model, probe)
+from fairseq_xmodal.models.heads import masked_mean
 
 
 @pytest.fixture(scope="module")

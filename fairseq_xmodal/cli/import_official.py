@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..checkpoints import atomic_write_json
+from ..models.heads import CLASSIFIERS
 from ..models.official import import_official
 
 
@@ -18,10 +19,14 @@ def main(argv=None):
     p.add_argument("--sid-dict", default=None, help="SID checkpoints: the label dict.txt they were fine-tuned with")
     p.add_argument("--text-prenet-from", default=None,
                    help="SID checkpoints: take the 81-symbol text prenet from this pretrain checkpoint")
+    p.add_argument("--classifier", default="decoder_query", choices=CLASSIFIERS,
+                   help="model.classifier of the result (docs/methods/classifier_heads.md); the encoder heads leave "
+                        "the official decoder out (reported as ignored) and start with a new class head")
     args = p.parse_args(argv)
+    overrides = {"classifier": args.classifier} if args.classifier != "decoder_query" else None
     try:
         report = import_official(args.checkpoint, args.task, args.data, args.out, sid_dict=args.sid_dict,
-                                 text_prenet_from=args.text_prenet_from)
+                                 text_prenet_from=args.text_prenet_from, model_overrides=overrides)
     except (ValueError, FileNotFoundError) as e:
         print(f"xmodal-import-official: error: {e}", file=sys.stderr)
         return 2

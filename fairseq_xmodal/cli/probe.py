@@ -28,9 +28,9 @@ def main(argv=None):
     p.add_argument("--reference", default=None,
                    help="checkpoint probed the same way for comparison (fairseq_xmodal, or official SpeechT5 "
                         "imported on the fly), e.g. the init the checkpoint was fine-tuned from")
-    p.add_argument("--features", default="encoder_mean", choices=["encoder_mean", "decoder"],
+    p.add_argument("--features", default="encoder_mean", choices=["encoder_mean", "decoder", "classifier"],
                    help="encoder_mean: masked mean of the encoder output (default); decoder: decoder output of "
-                        "the all-zero query")
+                        "the all-zero query; classifier: what the model's class head reads (model.classifier)")
     p.add_argument("--train-split", default="train", help="split the probe is fitted on (default: train)")
     p.add_argument("--eval-split", default=None, help="split the probe is scored on (default: valid)")
     p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",

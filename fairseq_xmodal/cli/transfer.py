@@ -2,7 +2,7 @@
 
 Every key of the target model comes from exactly one place: the source checkpoint (--take), a second "modality"
 checkpoint (--keep, needs --modality-from; an official SpeechT5 checkpoint is imported on the fly), or a seeded
-re-initialisation (--reinit). Selectors: all, speech_prenet, text_prenet, encoder, decoder, head,
+re-initialisation (--reinit). Selectors: all, speech_prenet, text_prenet, encoder, decoder, head, pooler,
 encoder.layers=0,5 / decoder.layers=0-2 (layer indices), encoder.rest (encoder keys outside its layers).
 The most specific selector wins. Without --take everything not kept or re-initialised comes from the source; with
 --take, say where the rest comes from with --rest. Class or text dictionary mismatches and shape mismatches are errors.
@@ -14,6 +14,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from ..models.heads import CLASSIFIERS
 from ..transfer import INIT_STRATEGIES, ORIGINS, TransferPlan, transfer
 
 
@@ -44,13 +45,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="seed of the re-initialisation (recorded)")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="target task config field, e.g. text_dictionary=/path/dict.txt")
+    p.add_argument("--classifier", default=None, choices=CLASSIFIERS,
+                   help="model.classifier of the target (default: the source's); a different one needs its head "
+                        "re-initialised: --reinit head (and pooler where it has parameters)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     try:
         plan = TransferPlan(source=args.source, task=args.task, data=args.data, out=args.out,
                             modality_from=args.modality_from, take=args.take, keep=args.keep, reinit=args.reinit,
                             rest=args.rest, init=args.init, seed=args.seed,
-                            task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite)
+                            task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
+                            classifier=args.classifier)
         report = transfer(plan)
     except (ValueError, FileNotFoundError) as e:
         print(f"xmodal-transfer: error: {e}", file=sys.stderr)

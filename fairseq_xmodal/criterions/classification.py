@@ -10,6 +10,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from ..evaluation.metrics import scores
+from ..models import heads
 
 CM_KEY = re.compile(r"^_cm:(.+):(.+)$")
 
@@ -22,7 +23,9 @@ class ClassificationCriterionConfig(FairseqDataclass):
 @register_criterion("xmodal_classification", dataclass=ClassificationCriterionConfig)
 class ClassificationCriterion(FairseqCriterion):
     """Sum-reduced CE with sample_size = #utterances, so update_freq x batch equals one big batch exactly.
-    Logs loss, accuracy, macro_precision/recall/f1 and per-class recall (fractions) from summed confusion counts."""
+    Logs loss, accuracy, macro_precision/recall/f1 and per-class recall (fractions) from summed confusion counts;
+    for model.classifier=layer_weighted also layer_w_<state>, the softmax weight of each encoder state (sample-weighted
+    means over the logged batches, so they still sum to one)."""
 
     def __init__(self, task):
         super().__init__(task)
@@ -47,6 +50,7 @@ class ClassificationCriterion(FairseqCriterion):
         for g, gold in enumerate(self.labels):
             for p, hyp in enumerate(self.labels):
                 log[f"_cm:{gold}:{hyp}"] = int(cm[g, p])
+        log.update(heads.layer_weight_log(model, target.numel()))
         return loss, target.numel(), log
 
     @classmethod
@@ -54,6 +58,7 @@ class ClassificationCriterion(FairseqCriterion):
         sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
         loss = sum(float(log.get("loss", 0)) for log in logging_outputs)
         metrics.log_scalar("loss", loss / max(sample_size, 1) / np.log(2), sample_size, round=3)
+        heads.reduce_layer_weights(logging_outputs, sample_size, metrics.log_scalar)
         labels = []
         for key in logging_outputs[0] if logging_outputs else []:
             m = CM_KEY.match(key)

@@ -32,10 +32,11 @@ from fairseq.logging import metrics
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..models import heads
 from .classification import ClassificationCriterion, ClassificationCriterionConfig
 
 BODY = ChoiceEnum(["encoder", "encoder_decoder"])
-FEATURES = ChoiceEnum(["encoder_mean", "decoder"])
+FEATURES = ChoiceEnum(["encoder_mean", "decoder", "classifier"])
 BODY_PREFIXES = {"encoder": ("encoder.",), "encoder_decoder": ("encoder.", "decoder.")}
 
 
@@ -58,7 +59,8 @@ class MonaCriterionConfig(ClassificationCriterionConfig):
     mona_features: FEATURES = field(
         default="encoder_mean",
         metadata={"help": "source features: encoder_mean = masked mean of the encoder output (default); decoder = "
-                          "the decoder output for the all-zero query, i.e. the head's input"})
+                          "the decoder output for the all-zero query (decoder_query models); classifier = whatever "
+                          "the model's class head reads (model.classifier; models/heads.py does all pooling)"})
 
 
 def pair_sq_dists(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,6 +161,7 @@ class MonaCriterion(ClassificationCriterion):
             return loss, sample_size, log
         task_loss, sample_size, log, align, unif, n_same = self.mona_terms(model, sample)
         loss = task_loss + self.cfg.mona_lambda * sample_size * (align + self.cfg.mona_uniformity_weight * unif)
+        log.update(heads.layer_weight_log(model, sample_size))  # the inner forward ran on a parameter stand-in
         log.update({"loss": loss.data, "task_loss": task_loss.data,
                     "mona_align": float(align.detach()) * sample_size, "_mona_align_n": sample_size if n_same else 0,
                     "mona_unif": float(unif.detach()) * sample_size, "_mona_n": sample_size})
@@ -184,6 +187,9 @@ class MonaCriterion(ClassificationCriterion):
         if prenet in no_grad and "encoder" in no_grad:
             raise ValueError(f"xmodal_mona: {sorted(no_grad)} are frozen or held, so the encoder runs without "
                              f"gradient for this modality and there is no body gradient to simulate; unfreeze {prenet}")
+        if "decoder." in self.body_prefixes and getattr(model, "decoder", None) is None:
+            raise ValueError(f"xmodal_mona: mona_body=encoder_decoder, but model.classifier={model.classifier} "
+                             f"builds no decoder; use mona_body=encoder")
         theta = self.body_params(model)
         if not theta:
             raise ValueError(f"xmodal_mona: the model has no parameters named {'/'.join(self.body_prefixes)}* (wrapped "
@@ -215,12 +221,11 @@ class MonaCriterion(ClassificationCriterion):
         def sub(prefix):
             return {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)}
 
-        enc = functional_call(model.encoder, sub("encoder."), (x, pad))
-        if str(self.cfg.mona_features) == "encoder_mean":
-            keep = (~pad).unsqueeze(-1).to(enc.dtype)
-            return (enc * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        query = enc.new_zeros(enc.size(0), 1, enc.size(2))
-        return functional_call(model.decoder, sub("decoder."), (query, enc, pad))[:, 0]
+        features = str(self.cfg.mona_features)
+        need_layers = features == "classifier" and model.pooler.needs_layers
+        out = functional_call(model.encoder, sub("encoder."), (x, pad), {"return_layers": need_layers})
+        enc, layers = out if need_layers else (out, None)
+        return model.pool(enc, pad, layers, features=features, params=params)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import atomic_write_json, load_state, make_cfg
+from ..models import heads
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 
@@ -278,6 +279,7 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
               "checkpoint": checkpoint_info(state, cfg.checkpoint),
               "task": cfg.task, "cross_modal": state["cfg"]["task"]["_name"] != cfg.task,
               "data": os.path.abspath(cfg.data), "split": cfg.split, "rows": len(pred.ids),
+              "classifier": heads.describe(model),  # kind; layer_weighted: its softmax layer weights
               **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold),
               "evaluation": {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
                              "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}}
@@ -290,7 +292,9 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
 def summary_line(m: Dict[str, Any]) -> str:
     ck = m["checkpoint"]
     head = f"{ck['task']} checkpoint on {m['task']} {m['split']} ({m['rows']} rows, {m['metrics_mode']} metrics)"
+    weights = (m.get("classifier") or {}).get("layer_weights")
+    tail = ("; layer weights " + " ".join(f"{k} {v:.3f}" for k, v in weights.items())) if weights else ""
     if m.get("accuracy") is None:
-        return head + ": no gold labels; predicted " + json.dumps(m["predicted_distribution"])
+        return head + ": no gold labels; predicted " + json.dumps(m["predicted_distribution"]) + tail
     return (head + f": ACC {m['accuracy']:.2f}  P {m['macro_precision']:.2f}  R {m['macro_recall']:.2f}  "
-                   f"F1 {m['macro_f1']:.2f}")
+                   f"F1 {m['macro_f1']:.2f}" + tail)

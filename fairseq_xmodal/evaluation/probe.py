@@ -6,7 +6,10 @@ and an eval split goes through the frozen model (eval mode, no grad, full-length
 pooled into one vector:
 
   encoder_mean   mean of the encoder output over the non-pad frames (speech) or tokens (text)   [default]
-  decoder        the decoder output for the model's all-zero query (the vector its class head reads)
+  decoder        the decoder output for the model's all-zero query (decoder_query models)
+  classifier     the vector the model's class head reads, whatever its model.classifier (decoder output,
+                 mean / attention-pooled / layer-weighted encoder output)
+All pooling is the model's own (SpeechT5Classifier.pool, models/heads.py).
 
 A standardised multinomial logistic regression (sklearn, lbfgs, fixed seed) is fitted on the train features and
 scored on the eval features with SLUE macro-F1 (fixed label set, zero_division=0; evaluation/metrics.py). The same
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import atomic_write_json, load_state
+from ..models import heads
 from ..transfer import GROUPS, PRENET_OF_TASK, is_official_checkpoint
 from . import metrics as M
 from .evaluate import EvaluationError, checkpoint_info, describe_path, load_for_evaluation
@@ -37,7 +41,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "fairseq_xmodal.probe/1"
 MODALITY_TASK = {"speech": "s2c", "text": "t2c"}
-FEATURES = ("encoder_mean", "decoder")
+FEATURES = ("encoder_mean", "decoder", "classifier")
+POOLING = {"encoder_mean": "mean of the encoder output over non-pad frames/tokens",
+           "decoder": "decoder output of the all-zero query",
+           "classifier": "the input of the model's class head (model.classifier)"}
 CLASS_WEIGHTS = ("none", "balanced")
 # The batch order of feature extraction never depends on the probe seed: the same rows give the same features.
 EXTRACTION_SEED = 1
@@ -125,7 +132,9 @@ def load_probed_model(path: str, task_name: str, data: str, task_overrides: Opti
 
     out = os.path.join(tmp_dir, f"imported_{len(os.listdir(tmp_dir))}.pt")
     report = import_official(path, task_name, data, out)
-    used = [GROUPS[PRENET_OF_TASK[task_name]], GROUPS["encoder"]] + ([GROUPS["decoder"]] if features == "decoder" else [])
+    # the on-the-fly import is a decoder_query model: its classifier features are the decoder's
+    used = [GROUPS[PRENET_OF_TASK[task_name]], GROUPS["encoder"]] + (
+        [GROUPS["decoder"]] if features in ("decoder", "classifier") else [])
     missing = [k for k in report["newly_initialised"] if k.startswith(tuple(used))]
     if missing:
         raise ProbeError(f"{path}: the official checkpoint has no weights for {len(missing)} parameters the {features} "
@@ -141,23 +150,15 @@ def load_probed_model(path: str, task_name: str, data: str, task_overrides: Opti
 # Features
 
 
-def masked_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """x [B,T,D], padding_mask [B,T] (True = pad) -> (mean over the non-pad positions [B,D], their counts [B])."""
-    if padding_mask is None:
-        padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-    keep = (~padding_mask).to(x.dtype).unsqueeze(-1)
-    counts = keep.sum(dim=1)
-    return (x * keep).sum(dim=1) / counts.clamp(min=1), counts.squeeze(-1)
-
-
 def pooled_features(model, net_input: Dict[str, Any], features: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One batch -> (pooled vectors [B,D], non-pad frame/token counts [B])."""
-    enc, pad = model.encode(**net_input)
-    mean, counts = masked_mean(enc, pad)
-    if features == "encoder_mean":
-        return mean, counts
-    query = enc.new_zeros(enc.size(0), 1, enc.size(2))  # the model's own all-zero "[CLS]" query (speecht5.py)
-    return model.decoder(query, enc, pad)[:, 0], counts
+    """One batch -> (pooled vectors [B,D], non-pad frame/token counts [B]), pooled by the model (heads.py)."""
+    need_layers = features == "classifier" and model.pooler.needs_layers
+    enc, pad, *layers = model.encode(**net_input, return_layers=need_layers)
+    counts = heads.masked_mean(enc, pad)[1]
+    try:
+        return model.pool(enc, pad, layers[0] if layers else None, features=features), counts
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
 
 
 def extract_features(task, model, split: str, features: str = "encoder_mean", batch_size: Optional[int] = 8,
@@ -344,8 +345,7 @@ def probe(cfg: ProbeConfig) -> Dict[str, Any]:
         "baselines": baselines(train.y, ev.y, labels),
         "probe": {"model": "StandardScaler + LogisticRegression (multinomial, lbfgs)", "C": cfg.C,
                   "max_iter": cfg.max_iter, "class_weight": cfg.class_weight, "random_state": cfg.seed},
-        "extraction": {"pooling": {"encoder_mean": "mean of the encoder output over non-pad frames/tokens",
-                                   "decoder": "decoder output of the all-zero query"}[cfg.features],
+        "extraction": {"pooling": POOLING[cfg.features],
                        "batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
                        "eval_mode": True, "full_length_audio": True, "batch_order_seed": EXTRACTION_SEED,
                        "task_overrides": dict(cfg.task_overrides)},

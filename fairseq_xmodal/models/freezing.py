@@ -4,6 +4,7 @@ updates, and the embedder warm-up (docs/methods/freezing.md, docs/methods/embedd
 One selector vocabulary for `model.freeze` and `model.warmup_trainable`:
 
   speech_prenet | text_prenet | encoder | decoder | head     a module group (speecht5.FREEZE_GROUPS)
+  pooler                                                    the pooling parameters of model.classifier (models/heads.py)
   prenet                                                    the task's own prenet: speech_prenet for s2c, text_prenet
                                                             for t2c (the task tells the model when it builds it)
   encoder.layers.I | encoder.layers.I-J                     encoder layers by 0-based index or range
@@ -17,8 +18,8 @@ Three mechanisms, set in the model config:
                                                  optimizer never sees these parameters
   model.freeze=[...], model.freeze_updates=N     held for updates 0 .. N-1, trained from update N on
   model.embedder_warmup_updates=N                stage 1 (updates 0 .. N-1) trains only model.warmup_trainable
-                                                 (default [prenet, head]); stage 2 trains every parameter that is
-                                                 not permanently frozen
+                                                 (default [prenet, pooler, head]); stage 2 trains every
+                                                 parameter that is not permanently frozen
 
 A held parameter stays in the optimizer (fairseq builds the optimizer once, from the parameters that require grad).
 During a training step (`ClassificationTask.train_step`, via `training_step` below) it gets requires_grad=False, so
@@ -83,6 +84,9 @@ def select_parameters(model: nn.Module, selectors: Iterable[str], groups: Dict[s
         if group not in groups:
             raise ValueError(f"{what}: unknown group {text!r}; choose from {', '.join(sorted(groups))}, {PRENET}, "
                              f"<encoder|decoder>.layers.<I|I-J|{'|'.join(LAYER_NAMES)}> or <encoder|decoder>.rest")
+        if getattr(model, groups[group], None) is None:
+            raise ValueError(f"{what}: {text!r} is not built in this model (model.classifier="
+                             f"{getattr(model, 'classifier', '?')} reads the pooled encoder output, without decoder)")
         prefix = groups[group] + "."
         if not part:
             hits = [n for n in names if n.startswith(prefix)]
@@ -104,7 +108,10 @@ def whole_groups(names: Iterable[str], model: nn.Module, groups: Dict[str, str])
     names = set(names)
     out = set()
     for group, attr in groups.items():
-        params = [f"{attr}.{n}" for n, _ in getattr(model, attr).named_parameters()]
+        module = getattr(model, attr, None)
+        if module is None:  # not built (the decoder of an encoder head)
+            continue
+        params = [f"{attr}.{n}" for n, _ in module.named_parameters()]
         if params and all(n in names for n in params):
             out.add(group)
     return frozenset(out)

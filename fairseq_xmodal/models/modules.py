@@ -380,21 +380,26 @@ class Encoder(nn.Module):
         )
         self.pos_emb = RelativePositionTable(2 * cfg.max_relative_position, dim // cfg.encoder_attention_heads)
 
-    def forward(self, x, padding_mask):  # [B,T,D], [B,T] -> [B,T,D]
+    def forward(self, x, padding_mask, return_layers: bool = False):
+        """[B,T,D], [B,T] -> [B,T,D]; with return_layers, (that, the L+1 states [B,T,D]: the input after the layer
+        norm, then every layer's output; a layer skipped by layerdrop repeats the state before it)."""
         x = self.dropout(self.layer_norm(x))
+        states = [x] if return_layers else None
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None  # nothing padded (one utterance, equal lengths): no mask pass per layer
         pos_k = self.pos_emb.pe_k.weight
         rel_index = relative_position_index(x.size(1), x.size(1), pos_k.size(0) // 2, x.device)  # shared by layers
         for layer in self.layers:
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
-                continue
-            if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+                pass
+            elif self.checkpoint_activations and self.training and torch.is_grad_enabled():
                 # non-reentrant: works when only parameters require grad; restores the RNG state for dropout
                 x = checkpoint(layer, x, padding_mask, pos_k, rel_index, use_reentrant=False)
             else:
                 x = layer(x, padding_mask, pos_k, rel_index)
-        return x
+            if return_layers:
+                states.append(x)
+        return (x, states) if return_layers else x
 
 
 class RelativePositionTable(nn.Module):

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from fairseq.data import Dictionary
 
+from . import heads
 from .speecht5 import SpeechT5Config
 
 logger = logging.getLogger(__name__)
@@ -217,12 +218,16 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
     ours = model.state_dict()
     official = state["model"]
 
+    classifier = model.classifier
     loaded, ignored, mismatched, unexpected = [], {}, [], []
     head_rows: Dict[str, str] = {}
     new_sd = dict(ours)
     text_key = "text_encoder_prenet.encoder_prenet.0.weight"
     for key, value in official.items():
-        if kind == "sid" and key == SID_HEAD:
+        if kind == "sid" and key == SID_HEAD and classifier != heads.DECODER_QUERY:
+            ignored[key] = (f"SID class head: it reads the decoder's zero-query output, model.classifier={classifier} "
+                            f"reads pooled encoder features (newly initialised)")
+        elif kind == "sid" and key == SID_HEAD:
             new_sd[key] = _map_sid_head(value, sid_dict, task.class_dictionary, official_path, head_rows)
             loaded.append(key)
         elif kind == "sid" and key.startswith("text_encoder_prenet."):
@@ -233,6 +238,8 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
             else:
                 new_sd[key] = value
                 loaded.append(key)
+        elif heads.unused_key_reason(key, classifier):
+            ignored[key] = heads.unused_key_reason(key, classifier)
         elif ignore_reason(key):
             ignored[key] = ignore_reason(key)
         else:
@@ -254,6 +261,8 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
     loaded_keys = {k.split(" ")[0] for k in loaded}
     new_keys = [k for k in ours if k not in loaded_keys]
     allowed_new = {SID_HEAD} if kind == "pretrain" else {k for k in ours if k.startswith("text_encoder_prenet.")}
+    allowed_new |= {k for k in ours if k.startswith(heads.POOLER_PREFIX)} | (
+        {SID_HEAD} if classifier != heads.DECODER_QUERY else set())  # an official model has no encoder head
     surprising = [k for k in new_keys if k not in allowed_new]
     if surprising:
         raise ValueError(f"{official_path}: the model needs keys the checkpoint lacks: {surprising}")

@@ -3,7 +3,9 @@
 speech: waveform -> speech_encoder_prenet -> encoder -+
 text:   tokens   -> text_encoder_prenet   -> encoder -+-> decoder(one all-zero query) -> head -> logits [B, C]
 
-Both tasks build the same module tree, so a checkpoint of either loads key for key into the other.
+model.classifier picks what the head reads (models/heads.py): the official decoder query above (default), or pooled
+encoder output (encoder_mean, encoder_attentive, layer_weighted; no decoder is built). Both tasks build the same
+module tree, so a checkpoint of either loads key for key into the other.
 """
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -11,10 +13,10 @@ from typing import List, Optional
 
 import torch
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 
-from . import freezing, modules
+from . import freezing, heads, modules
 
 
 @dataclass
@@ -71,9 +73,19 @@ class SpeechT5Config(FairseqDataclass):
                           "attribute in_embedder_warmup tells which stage a step is in. docs/methods/embedder_warmup.md"},
     )
     warmup_trainable: List[str] = field(
-        default_factory=lambda: ["prenet", "head"],
+        default_factory=lambda: ["prenet", "pooler", "head"],
         metadata={"help": "what trains in warm-up stage 1 (selectors as in model.freeze); `prenet` is the task's own "
-                          "prenet: speech_prenet for s2c, text_prenet for t2c"},
+                          "prenet: speech_prenet for s2c, text_prenet for t2c; `pooler` holds the new parameters of "
+                          "model.classifier=encoder_attentive / layer_weighted (none for the other heads)"},
+    )
+    classifier: ChoiceEnum(heads.CLASSIFIERS) = field(
+        default=heads.DECODER_QUERY,
+        metadata={"help": "what the class head reads: decoder_query = the official SID path (the decoder attends "
+                          "from one all-zero query); encoder_mean = masked mean of the encoder output; "
+                          "encoder_attentive = one learned attention-pooling query over the encoder output; "
+                          "layer_weighted = masked mean of a learned softmax-weighted sum of the encoder input and "
+                          "its layer outputs. The encoder_* and layer_weighted heads build no decoder; their "
+                          "parameters are the module group `pooler`. docs/methods/classifier_heads.md"},
     )
 
 
@@ -97,8 +109,8 @@ class SpeechT5TinyConfig(SpeechT5Config):
 
 # freeze group -> attribute, and the order in which each input modality passes through them
 FREEZE_GROUPS = {"speech_prenet": "speech_encoder_prenet", "text_prenet": "text_encoder_prenet", "encoder": "encoder",
-                 "decoder": "decoder", "head": "speaker_decoder_postnet"}
-AFTER_PRENET = ("encoder", "decoder", "head")
+                 "decoder": "decoder", "head": "speaker_decoder_postnet", "pooler": "pooler"}
+AFTER_PRENET = ("encoder", "decoder", "head")  # decoder_query; the encoder heads: encoder, pooler, head
 
 
 def init_bert_params(module: nn.Module):
@@ -129,8 +141,13 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
         self.speech_encoder_prenet = modules.SpeechEncoderPrenet(cfg)
         self.text_encoder_prenet = modules.TextEncoderPrenet(text_vocab_size, dim, text_padding_idx, cfg.dropout)
         self.encoder = modules.Encoder(cfg)
-        self.decoder = modules.Decoder(cfg)
+        self.classifier = heads.classifier_of(cfg)
+        # None for the encoder heads: no decoder parameters, keys or compute
+        self.decoder = modules.Decoder(cfg) if heads.builds_decoder(self.classifier) else None
         self.speaker_decoder_postnet = modules.ClassHead(dim, num_classes)
+        # parameters only for encoder_attentive / layer_weighted (none, hence no keys, for decoder_query)
+        self.pooler = heads.Pooler(self.classifier, dim, cfg.encoder_layers + 1)
+        self.AFTER_PRENET = AFTER_PRENET if self.decoder is not None else ("encoder", "pooler", "head")
         for m in self.modules():
             if not isinstance(m, nn.Conv1d):  # convs keep their own (kaiming / wav2vec2 pos_conv) init
                 init_bert_params(m)
@@ -140,8 +157,9 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
     def _no_grad_stages(self, speech: bool) -> int:
         """How many leading stages of the path (prenet, encoder, decoder, head) are frozen, hence need no backward."""
         n = 0
-        for group in ("speech_prenet" if speech else "text_prenet",) + AFTER_PRENET:
-            if group not in self.no_grad_groups:  # frozen, or held at this update (freezing.py)
+        for group in ("speech_prenet" if speech else "text_prenet",) + self.AFTER_PRENET:
+            empty = group == "pooler" and not any(True for _ in self.pooler.parameters())
+            if group not in self.no_grad_groups and not empty:  # frozen, or held at this update (freezing.py)
                 break
             n += 1
         return n
@@ -151,8 +169,9 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
         return cls(cfg, len(task.text_dictionary), task.text_dictionary.pad(), task.class_dictionary.num_outputs,
                    target_prenet=getattr(task, "target_prenet", None))
 
-    def encode(self, source=None, padding_mask=None, src_tokens=None, src_lengths=None):
-        """Either modality -> (encoder output [B,T,D], padding mask [B,T])."""
+    def encode(self, source=None, padding_mask=None, src_tokens=None, src_lengths=None, return_layers=False):
+        """Either modality -> (encoder output [B,T,D], padding mask [B,T]); with return_layers also the L+1 encoder
+        states (modules.Encoder) as a third item."""
         if source is None and src_tokens is None:
             raise ValueError("net_input needs `source` (+ `padding_mask`) for speech or `src_tokens` for text")
         skip = self._no_grad_stages(speech=source is not None)
@@ -162,23 +181,58 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
             else:
                 x, pad = self.text_encoder_prenet(src_tokens)
         with torch.no_grad() if skip >= 2 else nullcontext():
+            if return_layers:
+                enc, layers = self.encoder(x, pad, return_layers=True)
+                return enc, pad, layers
             return self.encoder(x, pad), pad
 
+    def pool(self, enc, pad, layers=None, features="classifier", params=None):
+        """The one pooling entry point (model, probe, MoNA): enc [B,T,D], pad [B,T] -> [B,D].
+        features: `classifier` = what this model's head reads; `encoder_mean`; `decoder` (the zero query).
+        params: optional full-name -> tensor substitutes for decoder./pooler. parameters (MoNA's simulated update)."""
+        kind = self.classifier if features == "classifier" else {"decoder": heads.DECODER_QUERY}.get(features, features)
+        if kind == heads.DECODER_QUERY and self.decoder is None:
+            raise ValueError(f"decoder features: model.classifier={self.classifier} builds no decoder; use "
+                             f"encoder_mean or classifier features")
+        decoder = _substituted(self.decoder, heads.DECODER_PREFIX, params)
+        if kind == self.classifier:
+            return _substituted(self.pooler, heads.POOLER_PREFIX, params)(enc, pad, layers, decoder)
+        if kind == "encoder_mean":
+            return heads.masked_mean(enc, pad)[0]
+        if kind == heads.DECODER_QUERY:
+            return heads.zero_query(decoder, enc, pad)
+        raise ValueError(f"{features} features need the {kind} classifier's parameters; this model has "
+                         f"model.classifier={self.classifier}")
+
     def forward(self, source=None, padding_mask=None, src_tokens=None, src_lengths=None, **unused):
-        """-> class logits [B, num_classes]. The decoder sees one all-zero query, the official SID "[CLS]"."""
+        """-> class logits [B, num_classes]. decoder_query: the decoder sees one all-zero query, the official SID
+        "[CLS]"; the encoder heads pool the encoder output (models/heads.py)."""
         skip = self._no_grad_stages(speech=source is not None)
-        if skip == 4 and self.training and torch.is_grad_enabled():
+        if skip == len(self.AFTER_PRENET) + 1 and self.training and torch.is_grad_enabled():
             raise ValueError(f"{sorted(self.no_grad_groups)} are frozen or held at update {self.num_updates}: every "
                              f"module this input passes through, nothing to train (model.freeze, freeze_updates, "
                              f"warmup_trainable)")
-        enc, pad = self.encode(source, padding_mask, src_tokens, src_lengths)
+        enc, pad, *layers = self.encode(source, padding_mask, src_tokens, src_lengths,
+                                        return_layers=self.pooler.needs_layers)
         with torch.no_grad() if skip >= 3 else nullcontext():
-            query = enc.new_zeros(enc.size(0), 1, enc.size(2))
-            dec = self.decoder(query, enc, pad)  # [B,1,D]
-        return self.speaker_decoder_postnet(dec[:, 0])
+            pooled = self.pool(enc, pad, layers[0] if layers else None)  # [B,D]
+        return self.speaker_decoder_postnet(pooled)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if strict:
+            heads.check_loadable(state_dict, self.classifier)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def max_positions(self):
         return None
+
+
+def _substituted(module, prefix, params):
+    """`module`, or a callable running it with the `prefix`-named entries of params substituted (functional_call)."""
+    sub = {n[len(prefix):]: p for n, p in (params or {}).items() if n.startswith(prefix)}
+    if module is None or not sub:
+        return module
+    return lambda *args: torch.func.functional_call(module, sub, args)
 
 
 @register_model("speecht5_tiny", dataclass=SpeechT5TinyConfig)
