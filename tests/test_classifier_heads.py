@@ -235,7 +235,7 @@ def test_each_head_trains_to_macro_f1_0_9(kind, task, tmp_path_factory, corpus_d
         assert len(values) == 3 and abs(sum(values) - 1) <= 3e-4, line
     got = metrics["classifier"]["layer_weights"]
     want = torch.softmax(load_state(ck)["model"]["pooler.layer_weights"].float(), 0).tolist()
-    assert list(got) == ["input", "layer1", "layer2"] and got == pytest.approx(want, abs=1e-7)
+    assert list(got) == ["input", "layer1", "layer2"] and list(got.values()) == pytest.approx(want, abs=1e-7)
     assert abs(sum(got.values()) - 1) < 1e-6 and "layer weights input" in proc.stdout
 
 
