@@ -136,7 +136,10 @@ class Pooler(nn.Module):
             raise ValueError(f"layer_weighted pooler has {self.layer_weights.numel()} weights but got {len(layers)} "
                              f"encoder states (model.encoder_layers changed?)")
         p = self.layer_probabilities().to(layers[0].dtype)
-        return torch.einsum("n,nbtd->btd", p, torch.stack(list(layers)))
+        out = p[0] * layers[0]
+        for weight, state in zip(p[1:], layers[1:]):  # accumulated: no stacked [N,B,T,D] copy of the states
+            out = out + weight * state
+        return out
 
     def forward(self, enc: torch.Tensor, padding_mask: Optional[torch.Tensor],
                 layers: Optional[List[torch.Tensor]] = None, decoder: Optional[Callable] = None) -> torch.Tensor:

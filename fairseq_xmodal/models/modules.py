@@ -381,8 +381,7 @@ class Encoder(nn.Module):
         self.pos_emb = RelativePositionTable(2 * cfg.max_relative_position, dim // cfg.encoder_attention_heads)
 
     def forward(self, x, padding_mask, return_layers: bool = False):
-        """[B,T,D], [B,T] -> [B,T,D]; with return_layers, (that, the L+1 states [B,T,D]: the input after the layer
-        norm, then every layer's output; a layer skipped by layerdrop repeats the state before it)."""
+        """[B,T,D], [B,T] -> [B,T,D]; return_layers: also the L+1 states (normed input, each layer's output)."""
         x = self.dropout(self.layer_norm(x))
         states = [x] if return_layers else None
         if padding_mask is not None and not padding_mask.any():

@@ -75,7 +75,7 @@ def main(argv=None):
         model.zero_grad(set_to_none=True)
         model(**net_input).float().sum().backward()
 
-    best = {(kind, task, mode): float("inf") for kind in HEADS for task in inputs for mode in ("eval", "train")}
+    times = {(kind, task, mode): [] for kind in HEADS for task in inputs for mode in ("eval", "train")}
     for kind in HEADS:  # warm-up: first calls allocate and pick kernels
         for task, net_input in inputs.items():
             evaluate(models[kind], net_input)
@@ -84,8 +84,8 @@ def main(argv=None):
         for kind in HEADS:
             for task, net_input in inputs.items():
                 for mode, fn in (("eval", evaluate), ("train", train)):
-                    t = timed(lambda: fn(models[kind], net_input), args.device)
-                    best[kind, task, mode] = min(best[kind, task, mode], t)
+                    times[kind, task, mode].append(timed(lambda: fn(models[kind], net_input), args.device))
+    best = {k: min(v) for k, v in times.items()}
 
     rows = []
     for kind in HEADS:
@@ -96,17 +96,22 @@ def main(argv=None):
             for mode in ("eval", "train"):
                 row[f"{task}_{mode}_s"] = round(best[kind, task, mode], 4)
                 row[f"{task}_{mode}_ratio"] = round(best[kind, task, mode] / best["decoder_query", task, mode], 3)
+                # the same ratio round by round (each round runs every head once, back to back): its spread says
+                # how much the machine's load moved the headline ratio
+                per_round = [t / ref for t, ref in zip(times[kind, task, mode], times["decoder_query", task, mode])]
+                row[f"{task}_{mode}_round_ratios"] = [round(r, 3) for r in per_round]
         rows.append(row)
 
     print(f"model.classifier cost, speecht5_{args.size} dims, {args.device}, batch {args.batch}: s2c {args.seconds:g} s "
           f"audio, t2c {args.tokens} characters; minimum of {args.repeats} round-robin rounds; ratio = time / "
-          f"decoder_query's in this run")
-    print(f"  {'classifier':18s} {'params':>11s} {'classifier':>11s} | {'s2c eval':>8s} {'s2c train':>9s} "
-          f"{'t2c eval':>8s} {'t2c train':>9s}")
+          f"decoder_query's in this run [range of the per-round ratios]")
+    cols = [f"{t}_{m}" for t in inputs for m in ("eval", "train")]
+    print(f"  {'classifier':18s} {'params':>11s} {'classifier':>11s} | " + " ".join(f"{c:>20s}" for c in cols))
     for r in rows:
+        cells = [f"{r[c + '_ratio']:.3f}x [{min(r[c + '_round_ratios']):.2f}-{max(r[c + '_round_ratios']):.2f}]"
+                 for c in cols]
         print(f"  {r['classifier']:18s} {r['parameters']:11,d} {r['classifier_parameters']:11,d} | "
-              f"{r['s2c_eval_ratio']:7.3f}x {r['s2c_train_ratio']:8.3f}x {r['t2c_eval_ratio']:7.3f}x "
-              f"{r['t2c_train_ratio']:8.3f}x")
+              + " ".join(f"{c:>20s}" for c in cells))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": common.machine_info(), "rows": rows}, f, indent=2)
