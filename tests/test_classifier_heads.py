@@ -8,12 +8,13 @@ import re
 import pytest
 import torch
 
-from conftest import CONFIG_DIR, run_cli, shared_run
+from conftest import run_cli, shared_run
 from fairseq_xmodal.checkpoints import load_state
 from fairseq_xmodal.evaluation.evaluate import load_for_evaluation
 from fairseq_xmodal.models import heads, modules
 from fairseq_xmodal.models.official import SID_HEAD, import_official, write_official_checkpoint
 from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig
+from fairseq_xmodal.safe_load import safe_torch_load
 from fairseq_xmodal.transfer import TransferError, TransferPlan, transfer
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "decoder_query_reference.pt")
@@ -77,7 +78,7 @@ def test_decoder_query_is_bit_identical_to_todays_model(sid_imports, imported_in
     """Logits of the official-format fixtures equal those the code before model.classifier wrote into
     tests/data/decoder_query_reference.pt (same commands, commit 719e3a6), and the forward is exactly the official
     zero query through the same modules; today's checkpoints load strictly with the same keys."""
-    reference = torch.load(REFERENCE)
+    reference = safe_torch_load(REFERENCE)
     wav, pad, toks = reference_inputs()
     for task, path in sid_imports.items():
         _, model, state = load_for_evaluation(path, task, corpus_dir)
@@ -294,7 +295,12 @@ def test_sweep_config_crosses_classifier_and_task(corpus_dir):
     params, cfg = _compose("sweep_classifier", f"task.data={corpus_dir}")
     assert params == {"model.classifier": "decoder_query,encoder_mean,encoder_attentive,layer_weighted",
                       "sweep/base": "s2c_base,t2c_base"}
-    assert cfg["model"]["classifier"] == "decoder_query" and os.path.isdir(CONFIG_DIR)
+    assert cfg["model"]["classifier"] == "decoder_query"
+    # one job of the grid: its init template resolves to its own task and classifier
+    _, cfg = _compose("sweep_classifier", f"task.data={corpus_dir}", "sweep/base=t2c_demo",
+                      "model.classifier=layer_weighted",
+                      "checkpoint.finetune_from_model=/inits/${task._name}_${model.classifier}.pt")
+    assert cfg["checkpoint"]["finetune_from_model"] == "/inits/t2c_layer_weighted.pt"
 
 
 def test_mona_reads_features_through_the_model_pooling(corpus_dir):
