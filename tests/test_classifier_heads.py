@@ -325,3 +325,22 @@ def test_mona_reads_features_through_the_model_pooling(corpus_dir):
     assert sum(log[f"_lw:{n}"] for n in ("input", "layer1")) == pytest.approx(sample_size)
     with pytest.raises(ValueError, match="builds no decoder"):
         MonaCriterion(task, MonaCriterionConfig(mona_body="encoder_decoder"))(model, sample)
+
+
+def test_probe_features_are_the_model_pooling():
+    from fairseq_xmodal.evaluation.probe import ProbeError, pooled_features
+
+    model = tiny("layer_weighted")
+    with torch.no_grad():
+        model.pooler.layer_weights.copy_(torch.tensor([1.0, 0.0, -1.0]))
+    toks = torch.randint(4, 80, (3, 7), generator=torch.Generator().manual_seed(1))
+    toks[2, 3:] = 1
+    with torch.no_grad():
+        feats, counts = pooled_features(model, {"src_tokens": toks}, "classifier")
+        logits = model(src_tokens=toks)
+        mean, _ = pooled_features(model, {"src_tokens": toks}, "encoder_mean")
+        enc, pad = model.encode(src_tokens=toks)
+    assert torch.equal(model.speaker_decoder_postnet(feats), logits) and counts.tolist() == [7.0, 7.0, 3.0]
+    assert torch.equal(mean, heads.masked_mean(enc, pad)[0]) and not torch.allclose(mean, feats)
+    with pytest.raises(ProbeError, match="builds no decoder"):
+        pooled_features(model, {"src_tokens": toks}, "decoder")
