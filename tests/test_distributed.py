@@ -63,13 +63,27 @@ def max_param_diff(run_a, run_b) -> float:
     return max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"])
 
 
+def assert_same_logs(run_a, run_b):
+    """Criterion sums (loss, accuracy, macro P/R/F1, per-class recall from summed confusion counts), wpb, bsz, lr:
+    identical. gnorm: the norm of identical gradients, reduced in another order (last logged digit may differ)."""
+    a, b = logged(run_a), logged(run_b)
+    assert [(name, sorted(s)) for name, s in a] == [(name, sorted(s)) for name, s in b]
+    for (name, sa), (_, sb) in zip(a, b):
+        assert {k: v for k, v in sa.items() if k != "gnorm"} == {k: v for k, v in sb.items() if k != "gnorm"}, name
+        if "gnorm" in sa:  # train lines only
+            assert sa["gnorm"] == pytest.approx(sb["gnorm"], rel=1e-5)
+    return a
+
+
 def logged(run_dir, loggers=("train_inner", "valid")):
     """Every progress line of these loggers, without timing: [(logger, {stat: value})]."""
     out = []
     for m in sweeps._log_lines(os.path.join(run_dir, "hydra_train.log")):
         if m.group("logger") in loggers:
             stats = sweeps.parse_stats(m.group("logger"), m.group("msg"))
-            out.append((m.group("logger"), {k: v for k, v in stats.items() if k not in TIMING}))
+            # valid wpb/bsz are means per validation step, and 2 ranks take 2 valid batches per step: not sums
+            skip = TIMING | ({"wpb", "bsz"} if m.group("logger") == "valid" else set())
+            out.append((m.group("logger"), {k: v for k, v in stats.items() if k not in skip}))
     return out
 
 
@@ -168,9 +182,8 @@ def t2c_runs(tmp_path_factory, corpus_dir, imported_init):
 def check_same_training(reference, parallel, corpus_dir, task, updates):
     diff = max_param_diff(reference, parallel)
     assert diff <= TOLERANCE, diff
-    ref_logs, par_logs = logged(reference), logged(parallel)
-    assert len([1 for name, _ in ref_logs if name == "train_inner"]) == updates
-    assert par_logs == ref_logs  # loss, accuracy, macro P/R/F1, per-class recall, gnorm, bsz: summed the same
+    par_logs = assert_same_logs(reference, parallel)
+    assert len([1 for name, _ in par_logs if name == "train_inner"]) == updates
     assert sorted(os.listdir(os.path.join(parallel, "checkpoints"))) == sorted(
         os.listdir(os.path.join(reference, "checkpoints")))  # rank 1 wrote no checkpoint of its own
     with open(os.path.join(parallel, "hydra_train.log")) as f:
@@ -214,7 +227,7 @@ def test_torchrun_takes_ranks_from_the_environment(t2c_runs, corpus_dir, importe
              "--config-dir", CONFIG_DIR, "--config-name", "sweep_init", "sweep/base=t2c_demo",
              f"hydra.run.dir={run}", *t2c_recipe(corpus_dir, imported_init)], cwd=str(tmp_path))
     assert max_param_diff(reference, str(run)) <= TOLERANCE
-    assert logged(str(run)) == logged(reference)
+    assert_same_logs(reference, str(run))
     assert [e["event"] for e in sweeps.read_events(str(run))] == ["start", "done"] and (run / "DONE").exists()
     assert sorted(os.listdir(run / "checkpoints")) == sorted(os.listdir(os.path.join(reference, "checkpoints")))
 
