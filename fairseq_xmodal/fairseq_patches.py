@@ -13,9 +13,15 @@
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
    others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too.
 
+3. Task state on every rank: a checkpoint that a trainer loads (resume or finetune_from_model) must record the class
+   labels (order included) and text symbols of the data it now trains on (evaluate.check_dictionaries, the check of
+   xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
+   every rank with status 2 and one line, instead of training a head whose rows mean other labels.
+
 `PATCHED` records the signature of every fairseq function these patches call or replace; tests/test_distributed.py
 fails when an installed fairseq differs, so a fairseq upgrade cannot change what they do unnoticed.
 """
+import contextvars
 import datetime
 import logging
 import os
@@ -27,6 +33,7 @@ import warnings
 import torch
 
 from . import safe_load
+from .evaluation.evaluate import EvaluationError, check_dictionaries
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ PATCHED = {
     "fairseq.distributed.utils:_broadcast_object_slow":
         "(obj: Any, src_rank: int, group: object, dist_device: torch.device) -> Any",
     "fairseq.checkpoint_utils:load_checkpoint_to_cpu": "(path, arg_overrides=None, load_on_all_ranks=False)",
+    "fairseq.distributed.utils:broadcast_object":
+        "(obj: Any, src_rank: int, group: object, dist_device: Optional[torch.device] = None) -> Any",
+    "fairseq.trainer:Trainer.load_checkpoint": "(self, filename, reset_optimizer=False, reset_lr_scheduler=False, "
+                                               "optimizer_overrides=None, reset_meters=False)",
 }
 
 
@@ -219,6 +230,50 @@ def call_main(cfg, main, **kwargs):
         raise RuntimeError(f"rank {e.error_index + start_rank} failed: {last[-1] if last else e}") from None
 
 
+# ---------------------------------------------------------------------------------------------- task state check
+
+_loading = contextvars.ContextVar("xmodal_trainer_loading", default=None)  # (trainer, file) inside load_checkpoint
+
+
+def check_loaded_state(state) -> None:
+    """The loaded checkpoint's class labels and text symbols against the trainer's task (when it records them)."""
+    current = _loading.get()
+    if current is None or not isinstance(state, dict) or "model" not in state:
+        return
+    trainer, filename = current
+    task = trainer.task
+    if not hasattr(task, "class_dictionary") or "class_labels" not in (state.get("task_state") or {}):
+        return
+    rank = trainer.data_parallel_rank
+    try:
+        check_dictionaries(state, filename, task)
+    except EvaluationError as e:
+        _fail(f"rank {rank}: {e}".replace("\n", " "))
+    logger.info(f"rank {rank}: {filename} records the class labels and text symbols of {task.cfg.data}")
+
+
+def trainer_load_checkpoint(self, filename, *args, **kwargs):
+    token = _loading.set((self, filename))
+    try:
+        return _original["Trainer.load_checkpoint"](self, filename, *args, **kwargs)
+    finally:
+        _loading.reset(token)
+
+
+def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    state = _original["load_checkpoint_to_cpu"](path, arg_overrides, load_on_all_ranks)
+    current = _loading.get()
+    if current is not None and (load_on_all_ranks or current[0].data_parallel_world_size == 1):
+        check_loaded_state(state)  # otherwise every rank checks what rank 0 broadcast (below)
+    return state
+
+
+def broadcast_object(obj, src_rank, group, dist_device=None):
+    obj = _original["broadcast_object"](obj, src_rank, group, dist_device)
+    check_loaded_state(obj)
+    return obj
+
+
 # ---------------------------------------------------------------------------------------------- installation
 
 _original = {}
@@ -232,6 +287,13 @@ def install():
     for module in (checkpoint_utils, dist_utils):
         if not isinstance(module.torch, safe_load.TorchWithSafeLoad):
             module.torch = safe_load.TorchWithSafeLoad()
-    if dist_utils.call_main is not call_main:
-        _original["call_main"] = dist_utils.call_main
-        dist_utils.call_main = call_main
+    from fairseq.trainer import Trainer
+
+    for owner, name, patch, key in ((dist_utils, "call_main", call_main, "call_main"),
+                                    (dist_utils, "broadcast_object", broadcast_object, "broadcast_object"),
+                                    (checkpoint_utils, "load_checkpoint_to_cpu", load_checkpoint_to_cpu,
+                                     "load_checkpoint_to_cpu"),
+                                    (Trainer, "load_checkpoint", trainer_load_checkpoint, "Trainer.load_checkpoint")):
+        if getattr(owner, name) is not patch:
+            _original[key] = getattr(owner, name)
+            setattr(owner, name, patch)

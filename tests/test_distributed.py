@@ -262,3 +262,21 @@ def test_killed_two_rank_run_resumes_on_two_ranks(t2c_runs, corpus_dir, imported
     assert max_param_diff(reference, str(run)) <= TOLERANCE
     assert last_state(str(run))["extra_state"]["train_iterator"] == last_state(spawned)["extra_state"][
         "train_iterator"]
+
+
+def test_task_state_check_runs_on_every_rank(corpus_dir, imported_init, tmp_path):
+    """The init checkpoint records Negative, Neutral, Positive; the data folder lists the same labels in another order.
+    Rank 0 loads and broadcasts the checkpoint, and each rank checks what it received: both stop, status 2."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    (data / "labels.sent.txt").write_text("Positive\nNeutral\nNegative\n")
+    proc = hydra_train("t2c_demo", str(tmp_path / "run"), f"task.data={data}", "optimization.max_update=2",
+                       f"checkpoint.finetune_from_model={imported_init['t2c']}", *TWO_RANKS, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("fairseq-xmodal distributed:")]
+    for rank in (0, 1):
+        assert any(x.startswith(f"fairseq-xmodal distributed: rank {rank}: class dictionary mismatch (same labels, "
+                                f"other order") for x in lines), lines
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint_last.pt").exists()
