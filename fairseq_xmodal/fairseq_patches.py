@@ -56,10 +56,6 @@ PATCHED = {
 }
 
 
-class DistributedLaunchError(RuntimeError):
-    """A distributed configuration that cannot start; the message says what to set."""
-
-
 def _fail(message: str):
     print(f"fairseq-xmodal distributed: {message}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_CANNOT_START)

@@ -59,7 +59,9 @@ print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and not p.startswi
     "${PIP[@]}" -r "$REPO/requirements/runtime.txt"
     if ! "$VPY" -c "import fairseq" 2>/dev/null; then
         say "building fairseq-fixed from its sdist (cython $("$VPY" -c 'import Cython; print(Cython.__version__)'))"
-        "${PIP[@]}" --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
+        # without CUDA_HOME fairseq skips its CUDA-only extensions (libnat_cuda, ngram_repeat_block_cuda): minutes of
+        # nvcc that no benchmark and no fairseq_xmodal code uses
+        env -u CUDA_HOME MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${PIP[@]}" --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
     fi
     TORCH_AFTER=$("$VPY" -c "import torch; print(torch.__version__)")
     [ "$TORCH_AFTER" = "$TORCH_BEFORE" ] || die "torch changed from $TORCH_BEFORE to $TORCH_AFTER during installation"
