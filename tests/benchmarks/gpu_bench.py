@@ -90,7 +90,7 @@ def markdown(out) -> str:
             if x:
                 fit = [p for p in x["probes"] if p["fits"] and p["batch"] == x["max_batch"]]
                 lines.append(f"| {dtype} | {impl} | {x['max_batch']}{'+' if x['search_capped'] else ''} | "
-                             f"{_f(fit[0]['peak_gib'] if fit else None)} | {_f(x.get('step_s'), 3)} | "
+                             f"{_f(fit[0]['peak_gib'] if fit else None, 3)} | {_f(x.get('step_s'), 3)} | "
                              f"{_f(x.get('utt_per_s'))} |")
     for n, bench in ((4, "evaluation"), (3, "training")):
         lines += ["", f"## {n}. {bench} throughput (utterances/s)", "",

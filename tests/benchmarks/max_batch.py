@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
         for q in params:
             q.grad = None
         release_cached_memory(a.device)
-        probes.append({"batch": batch, "fits": ok, "peak_gib": None if peak is None else round(peak / 2 ** 30, 2)})
+        probes.append({"batch": batch, "fits": ok, "peak_gib": None if peak is None else round(peak / 2 ** 30, 3)})
         return ok
 
     best, miss = 0, None
