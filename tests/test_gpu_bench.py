@@ -31,7 +31,7 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
         mb = by[("max_batch/ours", dtype)]
         assert mb["max_batch"] >= 1 and mb["utt_per_s"] > 0 and mb["cap_gb"] == out["cap_gb"]
         fits = [p for p in mb["probes"] if p["fits"]]
-        assert all(p["peak_gib"] <= out["cap_gb"] for p in fits) and max(p["batch"] for p in fits) == mb["max_batch"]
+        assert all(p["peak_gb"] <= out["cap_gb"] for p in fits) and max(p["batch"] for p in fits) == mb["max_batch"]
         assert by[("bench1/ours+ckpt", dtype)]["ckpt"] and by[("bench4/ours", dtype)]["bucketed"]
     with open(tmp_path / "gpu_bench.md") as f:
         table = f.read()

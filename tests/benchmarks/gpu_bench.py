@@ -83,14 +83,14 @@ def markdown(out) -> str:
                 lines.append(f"| {dtype} | {impl} | {_f(x.get('act_peak_mib'), 0)} | {_f(x.get('step_peak_mib'), 0)} "
                              f"| {_f(x.get('time_s'), 3)} |")
     lines += ["", f"## Largest batch of {out['bench1_seconds']} s utterances in {out['cap_gb']} GB", "",
-              "| dtype | impl | max batch | peak GiB | s/step | utt/s |", "|---|---|---|---|---|---|"]
+              "| dtype | impl | max batch | peak GB | s/step | utt/s |", "|---|---|---|---|---|---|"]
     for dtype in DTYPES:
         for impl in ("ours", "ours+ckpt"):
             x = r.get((f"max_batch/{impl}", dtype))
             if x:
                 fit = [p for p in x["probes"] if p["fits"] and p["batch"] == x["max_batch"]]
                 lines.append(f"| {dtype} | {impl} | {x['max_batch']}{'+' if x['search_capped'] else ''} | "
-                             f"{_f(fit[0]['peak_gib'] if fit else None, 3)} | {_f(x.get('step_s'), 3)} | "
+                             f"{_f(fit[0]['peak_gb'] if fit else None, 3)} | {_f(x.get('step_s'), 3)} | "
                              f"{_f(x.get('utt_per_s'))} |")
     for n, bench in ((4, "evaluation"), (3, "training")):
         lines += ["", f"## {n}. {bench} throughput (utterances/s)", "",
