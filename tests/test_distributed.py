@@ -169,7 +169,7 @@ def test_cpu_route_refuses_nccl_and_torch_ddp(capsys):
         assert e.value.code == 2 and hint in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------ 2 ranks = update_freq 2
+# ----------------------------------------------------------------------------------------------- 2 ranks = uf 2
 
 
 @pytest.fixture(scope="module")
