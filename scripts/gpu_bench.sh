@@ -38,7 +38,8 @@ TORCH_BEFORE=$("$PY" -c "import torch; print(torch.__version__)")
 if [ "$INSTALL" = 1 ]; then
     WHEELS=$(cd "$WHEELS" 2>/dev/null && pwd) || die "no wheel folder $WHEELS: run 'make wheelhouse' where the package \
 registries are reachable, with this Python's minor version, and copy the folder here (or give --wheels DIR)"
-    ls "$WHEELS"/fairseq_fixed-*.tar.gz >/dev/null 2>&1 || die "$WHEELS has no fairseq_fixed sdist: run 'make wheelhouse'"
+    ls "$WHEELS"/fairseq_fixed-*.tar.gz >/dev/null 2>&1 ||
+        die "$WHEELS has no fairseq_fixed sdist: run 'make wheelhouse'"
     TAG=$("$PY" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
     if ls "$WHEELS"/*-cp3*.whl >/dev/null 2>&1 && ! ls "$WHEELS"/*-"$TAG"-*.whl >/dev/null 2>&1; then
         die "the wheels in $WHEELS are for another Python than $PY ($TAG): run 'make wheelhouse' with a $TAG Python"
@@ -49,7 +50,8 @@ registries are reachable, with this Python's minor version, and copy the folder 
         SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
         # the base Python's package folders, after the venv's own: torch and transformers come from there
         "$PY" -c "import os, sys, sysconfig; std = sysconfig.get_paths()['stdlib']
-print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and not p.startswith(std)))" > "$SITE/_xmodal_base_python.pth"
+print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and not p.startswith(std)))" \
+            > "$SITE/_xmodal_base_python.pth"
     fi
     VPY=$VENV/bin/python
     "$VPY" -m pip --version >/dev/null 2>&1 || die "$VENV: no pip (neither in the venv nor in $PY)"
@@ -61,7 +63,8 @@ print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and not p.startswi
         say "building fairseq-fixed from its sdist (cython $("$VPY" -c 'import Cython; print(Cython.__version__)'))"
         # without CUDA_HOME fairseq skips its CUDA-only extensions (libnat_cuda, ngram_repeat_block_cuda): minutes of
         # nvcc that no benchmark and no fairseq_xmodal code uses
-        env -u CUDA_HOME MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${PIP[@]}" --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
+        env -u CUDA_HOME MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            "${PIP[@]}" --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
     fi
     TORCH_AFTER=$("$VPY" -c "import torch; print(torch.__version__)")
     [ "$TORCH_AFTER" = "$TORCH_BEFORE" ] || die "torch changed from $TORCH_BEFORE to $TORCH_AFTER during installation"
