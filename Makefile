@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: all venv system-deps test demo bench clean
+.PHONY: all venv system-deps test demo bench bench-gpu bench-gpu-smoke wheelhouse clean
 
 all: test
 
@@ -41,6 +41,32 @@ demo: venv system-deps
 
 bench: venv
 	$(BIN)/python -m tests.benchmarks.run_all --quick   # all four benchmarks, < 10 min on 2 CPU cores
+
+# The GPU benchmark in one call (scripts/gpu_bench.sh, docs/performance.md). On a bare GPU machine whose Python has
+# CUDA torch and transformers: copy the checkout and a wheelhouse/ made by `make wheelhouse`, then `make bench-gpu`.
+WHEELHOUSE ?= wheelhouse
+GPU_PY ?= python3
+bench-gpu:
+	PYTHON=$(GPU_PY) scripts/gpu_bench.sh --wheels $(WHEELHOUSE) --device cuda --out bench_out/gpu
+
+# The same script end to end on CPU: a "bare" Python that has only torch and transformers (scripts/bare_python.py),
+# everything else installed offline from the wheelhouse (fairseq-fixed built from its sdist), then the quick bench.
+bench-gpu-smoke: venv
+	rm -rf bench_out/bare && $(BIN)/python scripts/bare_python.py bench_out/bare
+	PYTHON=bench_out/bare/venv/bin/python scripts/gpu_bench.sh --wheels $(WHEELHOUSE) --venv bench_out/bare/bench-venv \
+	  --device cpu --quick --out bench_out/gpu_smoke
+
+# Every package the benchmark needs beyond torch and transformers, for an offline install: wheels of the runtime
+# requirements and of the build tools, plus fairseq-fixed as its sdist (it builds its extensions on the target, with
+# the cython and torch it finds there). Run where the package registries are reachable, with the target's Python
+# minor version (wheels are per version and platform).
+wheelhouse: venv
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip wheel -q -w $(WHEELHOUSE) -c requirements/constraints.txt -r requirements/runtime.txt \
+	  cython "setuptools<81" wheel "numpy>=1.26"
+	@# metadata of the sdist is prepared with this venv's cython and torch (no isolated build env: it would fetch torch)
+	$(BIN)/pip download -q -d $(WHEELHOUSE) --no-deps --no-binary :all: --no-build-isolation fairseq-fixed==0.12.3.1
+	ls $(WHEELHOUSE) > $(WHEELHOUSE)/CONTENTS.txt
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) outputs multirun

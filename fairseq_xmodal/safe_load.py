@@ -26,7 +26,10 @@ def _allowed_globals() -> list:
     from omegaconf import DictConfig, ListConfig, nodes
     from omegaconf.base import ContainerMetadata, Metadata
 
-    allowed = [argparse.Namespace, collections.defaultdict, collections.OrderedDict, typing.Any,
+    # builtin container/scalar types: omegaconf's metadata names them (object_type=dict, key_type=str, ...) in the
+    # DictConfig that rank 0 broadcasts with a checkpoint; calling them on unpickled data cannot run code
+    allowed = [dict, list, tuple, set, int, float, str, bool, bytes,
+               argparse.Namespace, collections.defaultdict, collections.OrderedDict, typing.Any,
                DictConfig, ListConfig, ContainerMetadata, Metadata,
                nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
                nodes.EnumNode, np.dtype, np.ndarray]
@@ -75,7 +78,7 @@ def safe_torch_load(f, map_location=None, **kwargs):
         ) from None
 
 
-class _TorchWithSafeLoad(types.ModuleType):
+class TorchWithSafeLoad(types.ModuleType):
     """`torch` as seen by fairseq's checkpoint code: everything forwarded, except `load`."""
 
     def __init__(self):
@@ -86,12 +89,3 @@ class _TorchWithSafeLoad(types.ModuleType):
 
     load = staticmethod(safe_torch_load)
 
-
-def install():
-    """Route fairseq's checkpoint and distributed-broadcast loads through safe_torch_load (idempotent)."""
-    from fairseq import checkpoint_utils
-    from fairseq.distributed import utils as dist_utils
-
-    for module in (checkpoint_utils, dist_utils):
-        if not isinstance(module.torch, _TorchWithSafeLoad):
-            module.torch = _TorchWithSafeLoad()

@@ -29,6 +29,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .fairseq_patches import launcher_rank
+
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "DONE"
@@ -240,7 +242,7 @@ class SweepJobCallback(Callback):
             self._replace_training(_skip_finished)
             return
         self._action = "run"
-        if os.environ.get("SLURM_PROCID", "0") != "0":  # multi-task (multi-node) jobs: rank 0 keeps the books
+        if launcher_rank() != 0:  # one process per rank (srun tasks, torchrun): rank 0 keeps the books
             self._action = "rank"
             return
         save_dir = str(OmegaConf.select(config, "checkpoint.save_dir", default="checkpoints"))

@@ -89,10 +89,17 @@ echo "===== $(date -Iseconds) slurm job ${SLURM_JOB_ID:-} (array ${SLURM_ARRAY_J
     "restart $RESTARTS on $(hostname)" >> "$job_dir/train.log"
 # job dirs are named from overrides ('=', ',', brackets): quote the path for Hydra's override grammar
 quoted_dir="'${job_dir//\'/\\\'}'"
+# Several tasks per job (#SBATCH --nodes=N --ntasks-per-node=K, N*K > 1): one fairseq rank per task, started by
+# srun; fairseq reads its rank from SLURM_PROCID and meets the others on the first node at distributed_port.
+launch=()
+if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+    launch=(srun --kill-on-bad-exit=1)
+    say "$SLURM_NTASKS ranks (srun) on ${SLURM_JOB_NODELIST:-?}"
+fi
 # own process group (setsid), so a signal stops fairseq's worker processes too; in the background, so that bash runs
 # the trap as soon as a signal arrives instead of after training
-setsid "$TRAIN" --config-dir "$CONFIG_DIR" --config-name "$CONFIG_NAME" "hydra.run.dir=$quoted_dir" \
-    ${overrides[@]+"${overrides[@]}"} >> "$job_dir/train.log" 2>&1 &
+setsid ${launch[@]+"${launch[@]}"} "$TRAIN" --config-dir "$CONFIG_DIR" --config-name "$CONFIG_NAME" \
+    "hydra.run.dir=$quoted_dir" ${overrides[@]+"${overrides[@]}"} >> "$job_dir/train.log" 2>&1 &
 child=$!
 wait "$child"
 status=$?

@@ -3,12 +3,14 @@
 The checkpoint's own task does not matter: an s2c checkpoint on --task t2c (or the reverse) is zero-shot
 cross-modal evaluation. Deterministic, full-length, every row predicted once. Writes predictions.tsv and metrics.json
 (SLUE macro P/R/F1 over the fixed label set, zero_division=0; --legacy-metrics makes the prior system's numbers the
-headline). See docs/transfer_and_evaluation.md."""
+headline). A long split in parallel: `--shard i/n` in n processes, then `--merge <their out dirs> --out-dir <dir>`
+writes exactly what one unsharded run writes. See docs/transfer_and_evaluation.md."""
 import argparse
 import os
 import sys
 
-from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
+from ..evaluation.evaluate import EvalConfig, EvaluationError, evaluate, summary_line
+from ..evaluation.shards import merge, parse_shard
 from .transfer import parse_task_args
 
 
@@ -20,9 +22,9 @@ def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-evaluate", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="fairseq_xmodal checkpoint (trained, transferred or imported)")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"], help="evaluate on audio (s2c) or text (t2c)")
-    p.add_argument("--data", required=True, help="data folder")
+    p.add_argument("--checkpoint", help="fairseq_xmodal checkpoint (trained, transferred or imported)")
+    p.add_argument("--task", choices=["s2c", "t2c"], help="evaluate on audio (s2c) or text (t2c)")
+    p.add_argument("--data", help="data folder")
     p.add_argument("--split", default="valid", help="split name, e.g. valid, dev, test, train.k8 (default: valid)")
     p.add_argument("--out-dir", default=None,
                    help="output folder (default: <checkpoint dir>/eval/<stem>.<task>.<data name>.<split>)")
@@ -35,14 +37,29 @@ def main(argv=None):
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task config field, e.g. sentencepiece_model=/path/spm_char.model")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out-dir")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="score only shard I of N (every N-th batch from the I-th); merge the N out dirs with --merge")
+    p.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DIR",
+                   help="merge the out dirs of all N shards of one evaluation into --out-dir (nothing else needed)")
     args = p.parse_args(argv)
-    out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data)
+    if args.merge is None and not (args.checkpoint and args.task and args.data):
+        p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
+    if args.merge is not None and not args.out_dir:
+        p.error("--merge needs --out-dir")
     try:
-        m = evaluate(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
-                                out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                legacy_metrics=args.legacy_metrics, cpu=args.cpu,
-                                task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite))
-    except (ValueError, FileNotFoundError) as e:
+        if args.merge is not None:
+            m = merge(args.merge, args.out_dir, overwrite=args.overwrite)
+            out_dir = args.out_dir
+        else:
+            shard = parse_shard(args.shard) if args.shard else None
+            out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data) + (
+                f".shard{shard[0]}of{shard[1]}" if shard else "")
+            m = evaluate(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
+                                    out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                                    legacy_metrics=args.legacy_metrics, cpu=args.cpu,
+                                    task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
+                                    shard=shard))
+    except (EvaluationError, ValueError, FileNotFoundError) as e:
         print(f"xmodal-evaluate: error: {e}", file=sys.stderr)
         return 2
     print(summary_line(m))

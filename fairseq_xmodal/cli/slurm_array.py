@@ -67,7 +67,7 @@ class _Collector:
             HydraConfig.instance().set_config(job_cfg)
             job_dir = os.path.abspath(os.path.join(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir)))
             task_overrides = [str(x) for x in job_cfg.hydra.overrides.task]
-            _check_job(job_cfg, job_dir)
+            _check_job(job_cfg, job_dir, ranks_per_job(launcher.params))
             previous = sweeps.recorded_overrides(job_dir)  # the bash script skips DONE folders without asking
             conflict = sweeps.conflict_message(job_dir, previous, task_overrides) if previous is not None else None
             if conflict:
@@ -84,7 +84,12 @@ class _Collector:
         return returns
 
 
-def _check_job(job_cfg, job_dir: str) -> None:
+def ranks_per_job(params: Dict[str, Any]) -> int:
+    """Slurm tasks of one job: more than one means one fairseq rank per task, started by srun in array_job.sh."""
+    return int(params.get("nodes") or 1) * int(params.get("tasks_per_node") or 1)
+
+
+def _check_job(job_cfg, job_dir: str, ranks: int = 1) -> None:
     """What fairseq would reject at job start, found before anything waits in a queue."""
     from fairseq.dataclass.initialize import add_defaults
     from fairseq.dataclass.utils import omegaconf_no_object_check
@@ -100,6 +105,11 @@ def _check_job(job_cfg, job_dir: str) -> None:
             resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception as e:
         raise sweeps.SweepError(f"{where}: {type(e).__name__}: {e}") from e
+    port = int((resolved.get("distributed_training") or {}).get("distributed_port") or -1)
+    if ranks > 1 and port <= 0:
+        raise sweeps.SweepError(f"{where}: {ranks} Slurm tasks per job (nodes x tasks_per_node) run one fairseq rank "
+                                f"each and meet on the job's first node: set distributed_training.distributed_port "
+                                f"(e.g. 29671)")
     data = (resolved.get("task") or {}).get("data")
     for path in str(data).split(":") if data else []:
         if not os.path.isabs(path) or not os.path.isdir(path):
@@ -118,14 +128,10 @@ def _keep_for_job(override: str) -> bool:
 
 def sbatch_directives(params: Dict[str, Any], n_jobs: int, log_dir: str) -> List[str]:
     """#SBATCH lines for the array from the submitit_slurm launcher keys."""
-    if int(params.get("nodes") or 1) != 1 or int(params.get("tasks_per_node") or 1) != 1:
-        raise sweeps.SweepError("the sbatch --array path runs one fairseq-hydra-train per job on one node "
-                                "(nodes=1, tasks_per_node=1; fairseq starts one process per GPU itself). "
-                                "For multi-node jobs use the submitit launcher: hydra/launcher=slurm")
     parallel = params.get("array_parallelism")
     opts = [("job-name", params.get("name") or "sweep"),
             ("array", f"0-{n_jobs - 1}" + (f"%{parallel}" if parallel else "")),
-            ("nodes", 1), ("ntasks-per-node", 1)]
+            ("nodes", int(params.get("nodes") or 1)), ("ntasks-per-node", int(params.get("tasks_per_node") or 1))]
     if params.get("gpus_per_node"):
         opts.append(("gpus-per-node", params["gpus_per_node"]))
     if params.get("cpus_per_task"):

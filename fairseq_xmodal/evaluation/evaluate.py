@@ -16,7 +16,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class EvalConfig:
     task_overrides: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     majority_threshold: float = 0.95
+    shard: Optional[Tuple[int, int]] = None  # (i, n): only every n-th batch from the i-th (shards.py merges them)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Predictions:
     gold: Optional[List[int]]  # None for a split without label file
     pred: List[int]
     probs: np.ndarray  # [N, n_labels], softmax over the real labels
+    rows: Optional[List[int]] = None  # dataset rows of a shard, in order (None: every row of the split)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,8 +127,10 @@ def check_dictionaries(state: Dict[str, Any], checkpoint: str, task):
 
 
 def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: Optional[int] = None,
-            device: str = "cpu") -> Predictions:
-    """Every row of `split` exactly once, in a fixed batch order; argmax over the real labels only."""
+            device: str = "cpu", shard: Optional[Tuple[int, int]] = None) -> Predictions:
+    """Every row of `split` exactly once, in a fixed batch order; argmax over the real labels only.
+    shard=(i, n): only batches i, i+n, i+2n, ... of that same order (fairseq's sharded iterator), so that every row
+    is computed in the same batch as without sharding and merged shards equal the unsharded output exactly."""
     from fairseq import utils
 
     if batch_size is None and max_tokens is None:
@@ -145,8 +149,9 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
         try:
             itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=batch_size,
                                           max_positions=None, ignore_invalid_inputs=False,
-                                          required_batch_size_multiple=1, seed=1, num_workers=0,
-                                          epoch=1).next_epoch_itr(shuffle=False)
+                                          required_batch_size_multiple=1, seed=1, num_workers=0, epoch=1,
+                                          num_shards=shard[1] if shard else 1,
+                                          shard_id=shard[0] if shard else 0).next_epoch_itr(shuffle=False)
         except ValueError as e:  # the task's long-utterance message names training options
             raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
                                   f"unset (then only --batch-size limits a batch)") from None
@@ -161,12 +166,18 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
             seen[idx] += 1
             if "target" in sample:
                 gold[idx] = sample["target"].cpu().numpy()
+    mine = np.nonzero(seen == 1)[0]
+    if shard is not None and (seen <= 1).all():
+        seen[seen == 0] = 1  # rows of the other shards
     if not (seen == 1).all():
         missing, twice = np.nonzero(seen == 0)[0], np.nonzero(seen > 1)[0]
         raise EvaluationError(f"split {split}: {len(missing)} rows never predicted (e.g. {missing[:5].tolist()}) and "
                               f"{len(twice)} predicted more than once; an empty audio file or a batching bug")
     ids = list(dataset.ids) if getattr(dataset, "ids", None) else [str(i) for i in range(n)]
     has_gold = getattr(dataset, "labels", None) is not None
+    if shard is not None:
+        return Predictions([ids[i] for i in mine], gold[mine].tolist() if has_gold else None,
+                           probs[mine].argmax(axis=1).tolist(), probs[mine], rows=mine.tolist())
     return Predictions(ids, gold.tolist() if has_gold else None, probs.argmax(axis=1).tolist(), probs)
 
 
@@ -273,17 +284,26 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
                               f"pass --overwrite")
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     task, model, state = load_for_evaluation(cfg.checkpoint, cfg.task, cfg.data, cfg.task_overrides)
-    pred = predict(task, model, cfg.split, cfg.batch_size, cfg.max_tokens, device)
+    pred = predict(task, model, cfg.split, cfg.batch_size, cfg.max_tokens, device, cfg.shard)
     labels = list(task.class_dictionary.labels)
-    result = {"format": FORMAT,
-              "checkpoint": checkpoint_info(state, cfg.checkpoint),
-              "task": cfg.task, "cross_modal": state["cfg"]["task"]["_name"] != cfg.task,
-              "data": os.path.abspath(cfg.data), "split": cfg.split, "rows": len(pred.ids),
-              "classifier": heads.describe(model),  # kind; layer_weighted: its softmax layer weights
-              **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold),
-              "evaluation": {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
-                             "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}}
+    head = {"format": FORMAT,
+            "checkpoint": checkpoint_info(state, cfg.checkpoint),
+            "task": cfg.task, "cross_modal": state["cfg"]["task"]["_name"] != cfg.task,
+            "data": os.path.abspath(cfg.data), "split": cfg.split, "rows": len(pred.ids),
+            "classifier": heads.describe(model)}  # kind; layer_weighted: its softmax layer weights
+    evaluation = {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
+                  "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}
     os.makedirs(out_dir, exist_ok=True)
+    if cfg.shard is not None:  # one part of a sharded evaluation: shards.merge makes the whole of it
+        from .shards import write_shard
+
+        split_rows = len(task.dataset(cfg.split))
+        write_shard(out_dir, cfg.shard, split_rows, pred, labels, head, evaluation, cfg.legacy_metrics,
+                    cfg.majority_threshold)
+    result = {**head, **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold),
+              "evaluation": evaluation}
+    if cfg.shard is not None:
+        result["shard"] = {"index": cfg.shard[0], "count": cfg.shard[1], "rows_of_split": split_rows}
     write_predictions(targets[0], pred, labels)
     atomic_write_json(result, targets[1])
     return result
