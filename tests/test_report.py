@@ -11,8 +11,8 @@ import pytest
 
 from conftest import hydra_train, run_cli
 from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate
-from fairseq_xmodal.evaluation.report import (learning_speed, parse_log_line, parse_training_log, shots_of,
-                                              single_label)
+from fairseq_xmodal.evaluation.logs import (learning_speed, parse_log_line, parse_training_log, shots_of,
+                                            single_label)
 from conftest import shared_transfer, t2c_from_s2c
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -154,7 +154,7 @@ def test_report_over_real_fewshot_runs(tmp_path_factory, corpus_dir, imported_in
 
     out = tmp_path / "report"
     proc = run_cli(["xmodal-report", str(runs / "k4"), str(full), str(evals), "--out", str(out)])
-    assert "3 evaluations, 2 training runs" in proc.stdout
+    assert "3 evaluations in 3 conditions, 2 training runs" in proc.stdout
     for png in ("loss.png", "valid_f1.png", "f1_vs_shots.png", "confusion_full_on_t2c.png",
                 "confusion_full_on_s2c.png", "confusion_zero_shot.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png

@@ -35,13 +35,19 @@ def main(argv=None):
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task config field, e.g. sentencepiece_model=/path/spm_char.model")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out-dir")
+    p.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the utterances for the intervals (default 1000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0; recorded)")
     args = p.parse_args(argv)
     out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data)
     try:
         m = evaluate(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
                                 out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                 legacy_metrics=args.legacy_metrics, cpu=args.cpu,
-                                task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite))
+                                task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
+                                ci_level=args.ci_level, bootstrap_resamples=args.bootstrap,
+                                bootstrap_seed=args.bootstrap_seed))
     except (ValueError, FileNotFoundError) as e:
         print(f"xmodal-evaluate: error: {e}", file=sys.stderr)
         return 2
