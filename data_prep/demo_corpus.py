@@ -4,7 +4,8 @@ Sentences come from templates whose sentiment is carried by the words; several e
 speak them. Each utterance sits inside a longer clip (0.2-0.8 s of low noise before and after) and
 start_second/end_second point at the speech, as in the release. The label skew follows SLUE (mostly Neutral, few
 Negative) and includes `<mixed>` and `Disagreement` rows, so every filtering path of xmodal-prep-slue is exercised.
-Same seed => identical tsvs and identical audio bytes.
+--prosody S > 0 also speaks Positive rows higher and faster and Negative rows lower and slower, as emotional speech
+differs (docs/data_prep.md). Same seed => identical tsvs and identical audio bytes.
 """
 import argparse
 import concurrent.futures

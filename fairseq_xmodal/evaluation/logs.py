@@ -161,8 +161,11 @@ def shots_of(train_subset: Optional[str]) -> Optional[int]:
 
 
 def on_shots_axis(train_subset: Optional[str]) -> bool:
-    """k-shot splits (`train.k8`) and whole training splits (`train`, `fine-tune`); not balanced variants."""
-    return bool(train_subset) and (shots_of(train_subset) is not None or "." not in train_subset)
+    """k-shot splits (`train.k8`) and whole training splits (`train`, `fine-tune`); not balanced variants, and not the
+    report's `none (transferred)` / `none (imported)` of an untrained checkpoint (split names have no spaces)."""
+    if not train_subset or " " in train_subset or train_subset == "?":
+        return False
+    return shots_of(train_subset) is not None or "." not in train_subset
 
 
 def parse_training_log(path: str, name: Optional[str] = None) -> RunLog:

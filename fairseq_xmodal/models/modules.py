@@ -4,7 +4,7 @@
 Shapes: B batch, S audio samples, T frames/tokens, D model dim, H heads, K = 2 * max_relative_position.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
