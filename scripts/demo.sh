@@ -58,7 +58,7 @@ one_seed() {  # the experiment for one training seed
   evaluate $s "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c s2c_from_pretrained
   # transfer both ways (the target modality's prenet comes from the pretrained model; accounting in *.transfer.json)
   xmodal-transfer --source "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" --task t2c --data "$OUT/data" \
-    --modality-from "$OUT/init/t2c.pt" --out "$init/t2c_from_s2c.pt" --overwrite > "$OUT/logs/seed$s/transfer.log"
+    --modality-from "$OUT/init/t2c.pt" --out "$init/t2c_from_s2c.pt" --overwrite > "$OUT/logs/seed$s/transfer.log" 2>&1
   # zero-shot cross-modal evaluation on dev: each trained model, unchanged, on the other modality
   evaluate $s "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" t2c zero_shot_s2c_model_on_text
   evaluate $s "$runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c zero_shot_t2c_model_on_speech
@@ -90,7 +90,7 @@ step "9. Report over seeds: conditions (n, mean, std, 95% interval), comparisons
 xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" \
   --compare t2c_from_s2c_k4=t2c_from_pretrained_k4 --compare t2c_from_s2c_k8=t2c_from_pretrained_k8 \
   --compare zero_shot_s2c_model_on_text=t2c_from_pretrained --compare zero_shot_t2c_model_on_speech=s2c_from_pretrained \
-  | tee "$OUT/logs/report.log" | grep -v "^wrote"
+  2>"$OUT/logs/report.err" | tee "$OUT/logs/report.log" | grep -v "^wrote"
 
 step "10. Does each in-modality model beat the majority-class baseline on every seed? (lower end of its 95% interval)"
 python3 - "$OUT/evals" $SEEDS <<'PY'

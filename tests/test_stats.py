@@ -210,3 +210,18 @@ def test_sweep_table_seed_groups_and_sweep_comparisons(tmp_path):
     assert "Seed groups (common.seed" in proc.stdout and "| condition | n | seeds |" in proc.stdout
     line = next(l for l in proc.stdout.splitlines() if "paired t-test over 3 seeds" in l)
     assert "sweep/transplanted=trained better" in line or "sweep/transplanted=frozen better" in line
+
+
+def test_sweep_pairs_transplanted_against_controls_and_two_valued_axes():
+    from fairseq_xmodal.cli.sweep_table import sweep_pairs
+
+    conds = [f"checkpoint.finetune_from_model=/t/{s}.{i}.pt model.embedder_warmup_updates={w}"
+             for s in ("first", "last") for i in ("transferred", "xavier_uniform") for w in (0, 1000)]
+    groups = [seeds.Group((c,), c) for c in conds]
+    pairs = {(a.condition, b.condition) for a, b in sweep_pairs(groups)}
+    for s in ("first", "last"):
+        for w in (0, 1000):
+            assert (f"checkpoint.finetune_from_model=/t/{s}.transferred.pt model.embedder_warmup_updates={w}",
+                    f"checkpoint.finetune_from_model=/t/{s}.xavier_uniform.pt model.embedder_warmup_updates={w}") in pairs
+    assert len(pairs) == 4 + 4  # 4 transplanted-vs-control pairs, 4 warm-up on/off pairs; never first vs last
+    assert not any("first" in a and "last" in b for a, b in pairs)
