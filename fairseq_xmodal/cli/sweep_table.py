@@ -114,11 +114,14 @@ def _split(overrides: str) -> Dict[str, str]:
 
 def seed_groups(rows: List[Dict[str, Any]], seed_key: str = "common.seed") -> Tuple[List[seeds.Group], List[Dict]]:
     """Jobs -> (groups, table rows): a condition is a job's overrides without `seed_key=...`."""
+    keys = [k for k in seed_key.split(",") if k]  # several: the replicate is identified by all their values
+
     def condition(r):
-        return " ".join(o for o in r.get("overrides", "").split() if not o.startswith(seed_key + "="))
+        return " ".join(o for o in r.get("overrides", "").split() if o.split("=", 1)[0] not in keys)
 
     def seed(r):
-        return _split(r.get("overrides", "")).get(seed_key)
+        values = [_split(r.get("overrides", "")).get(k) for k in keys]
+        return None if all(v is None for v in values) else ",".join(str(v) for v in values)
 
     groups = seeds.group(rows, condition, seed)
     numeric = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -188,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--csv", metavar="FILE", help="also write the CSV table here")
     parser.add_argument("--columns", help="comma-separated columns to keep (default: all)")
     parser.add_argument("--seed-key", default="common.seed",
-                        help="the override that only changes the seed; jobs differing only in it form one condition")
+                        help="the override(s) that only change the replicate, comma-separated (e.g. "
+                             "common.seed,task.seed); jobs differing only in them form one condition")
     parser.add_argument("--groups-csv", metavar="FILE", help="also write the seed-group table as CSV")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
