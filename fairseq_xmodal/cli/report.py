@@ -48,6 +48,8 @@ def main(argv=None):
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--power", action="store_true", help="print the power tables (seeds and dev utterances) and exit")
     args = p.parse_args(argv)
+    if not 0 < args.alpha < 1 or args.permutations < 1:
+        p.error("--alpha must be in (0, 1) and --permutations at least 1")
     if args.power:
         print_power(args.alpha)
         return 0

@@ -276,6 +276,9 @@ def describe_init_file(path: str) -> str:
 
 def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
+    if not 0 < cfg.ci_level < 1 or cfg.bootstrap_resamples < 2:
+        raise EvaluationError(f"--ci-level must be in (0, 1) and --bootstrap at least 2 (got {cfg.ci_level}, "
+                              f"{cfg.bootstrap_resamples})")
     out_dir = os.path.abspath(cfg.out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not cfg.overwrite:
