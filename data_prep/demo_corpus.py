@@ -4,7 +4,8 @@ Sentences come from templates whose sentiment is carried by the words; several e
 speak them. Each utterance sits inside a longer clip (0.2-0.8 s of low noise before and after) and
 start_second/end_second point at the speech, as in the release. The label skew follows SLUE (mostly Neutral, few
 Negative) and includes `<mixed>` and `Disagreement` rows, so every filtering path of xmodal-prep-slue is exercised.
-Same seed => identical tsvs and identical audio bytes.
+--prosody S > 0 also speaks Positive rows higher and faster and Negative rows lower and slower, as emotional speech
+differs (docs/data_prep.md). Same seed => identical tsvs and identical audio bytes.
 """
 import argparse
 import concurrent.futures
@@ -61,6 +62,10 @@ SPEAKERS = [("en", 45), ("en-us", 50), ("en-gb-scotland", 40), ("en-029", 55), (
             ("en+f2", 60), ("en-us+f3", 65), ("en+f4", 62), ("en+m3", 38), ("en-us+m5", 42), ("en-gb-x-rp+f3", 58),
             ("en-029+m3", 44)]
 RATES_WPM = (130, 190)
+# --prosody: emotional speech is spoken differently (higher/faster when positive, lower/slower when negative). Offsets
+# per label (pitch 0-99 scale, words per minute), times the --prosody strength; the speaker and rate spreads overlap
+# them, so prosody is a cue, not the label.
+PROSODY = {"Positive": (10, 25), "Negative": (-10, -25), "Neutral": (0, 0), "<mixed>": (0, 0), "Disagreement": (0, 0)}
 # Label proportions per split (Neutral takes the rest); SLUE v0.2: fine-tune 22 % Positive / 4 % Negative /
 # 0.8 % <mixed>, dev 18 % / 3.5 % / 0.2 % <mixed> / 1 % Disagreement. Negative is nudged up so that 240/80
 # utterances still give about 10/5 Negative rows.
@@ -161,7 +166,7 @@ def _render(job: dict) -> Tuple[float, float]:
     return pre / SAMPLE_RATE, (pre + n) / SAMPLE_RATE
 
 
-def _plan_split(split: str, n: int, first_index: int, rng: np.random.Generator) -> List[dict]:
+def _plan_split(split: str, n: int, first_index: int, rng: np.random.Generator, prosody: float = 0.0) -> List[dict]:
     labels = [lab for lab, k in label_plan(n, PROPORTIONS[split]).items() for _ in range(k)]
     labels = [labels[i] for i in rng.permutation(len(labels))]
     rows = []
@@ -169,11 +174,12 @@ def _plan_split(split: str, n: int, first_index: int, rng: np.random.Generator) 
         spk = int(rng.integers(len(SPEAKERS)))
         voice, base_pitch = SPEAKERS[spk]
         video = "".join(ALPHABET[j] for j in rng.integers(len(ALPHABET), size=11))
+        d_pitch, d_rate = (prosody * x for x in PROSODY[label])
         rows.append({
             "id": f"id9{spk:04d}_{video}_{first_index + i:05d}", "speaker_id": f"id9{spk:04d}", "split": split,
             "sentiment": label, "normalized_text": make_sentence(label, rng), "voice": voice,
-            "rate": int(rng.integers(RATES_WPM[0], RATES_WPM[1] + 1)),
-            "pitch": int(np.clip(base_pitch + rng.integers(-8, 9), 0, 99)),
+            "rate": int(rng.integers(RATES_WPM[0], RATES_WPM[1] + 1) + round(d_rate)),
+            "pitch": int(np.clip(base_pitch + rng.integers(-8, 9) + round(d_pitch), 0, 99)),
             "gain": float(rng.uniform(0.3, 0.8)), "noise": float(rng.uniform(0.001, 0.004)),
             "pre_steps": int(rng.integers(20, 81)), "post_steps": int(rng.integers(20, 81)),
             "noise_seed": [int(x) for x in rng.integers(2 ** 31, size=2)],
@@ -182,7 +188,7 @@ def _plan_split(split: str, n: int, first_index: int, rng: np.random.Generator) 
 
 
 def make_demo_corpus(out_dir: str, seed: int = 0, n_fine_tune: int = 240, n_dev: int = 80, n_test: int = 40,
-                     workers: Optional[int] = None, overwrite: bool = False) -> Dict[str, int]:
+                     workers: Optional[int] = None, overwrite: bool = False, prosody: float = 0.0) -> Dict[str, int]:
     """Write the corpus to out_dir (built beside it, then renamed into place); returns {split: utterances}."""
     espeak_binary()
     sizes = {"fine-tune": n_fine_tune, "dev": n_dev, "test": n_test}
@@ -194,7 +200,7 @@ def make_demo_corpus(out_dir: str, seed: int = 0, n_fine_tune: int = 240, n_dev:
     rng = np.random.default_rng(seed)
     plans, first = {}, 0
     for split, n in sizes.items():
-        plans[split] = _plan_split(split, n, first, rng)
+        plans[split] = _plan_split(split, n, first, rng, prosody)
         first += n
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -236,10 +242,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count(),
                    help="parallel espeak-ng processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--prosody", type=float, default=0.0,
+                   help="strength of sentiment prosody (1 = Positive +10 pitch/+25 wpm, Negative -10/-25; default 0)")
     args = p.parse_args(argv)
     try:
         counts = make_demo_corpus(args.out, args.seed, args.n_fine_tune, args.n_dev, args.n_test, args.workers,
-                                  args.overwrite)
+                                  args.overwrite, args.prosody)
     except DemoCorpusError as e:
         print(f"xmodal-make-demo-corpus: error: {e}", file=sys.stderr)
         return 2

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# The whole experiment on the embedded demo corpus, with the same commands a researcher runs on SLUE-VoxCeleb.
-# Usage: scripts/demo.sh [OUT_DIR]   (make demo runs it inside the project venv)
+# The whole experiment on the embedded demo corpus, with the same commands a researcher runs on SLUE-VoxCeleb, over
+# three training seeds, ending in a seed-aggregated table and significance-tested comparisons.
+# Usage: [SEED=1] [SEEDS="1 2 3"] scripts/demo.sh [OUT_DIR]   (make demo runs it inside the project venv)
+# SEED seeds the stand-in checkpoint, the corpus and the data split; the training seeds are SEED, SEED+1, SEED+2.
 set -euo pipefail
 OUT=$(realpath -m "${1:-demo_out}")
 CONFIG=$(cd "$(dirname "$0")/../config" && pwd)
 SEED=${SEED:-1}
-# The tiny demo model gains nothing from intra-op threads on a 2-core machine.
+SEEDS=${SEEDS:-"$SEED $((SEED + 1)) $((SEED + 2))"}
+S2C_UPDATES=${S2C_UPDATES:-600}
+T2C_UPDATES=${T2C_UPDATES:-600}
+# The tiny demo model gains nothing from intra-op threads on a 2-core machine; the seeds run side by side instead.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 step() { printf '\n=== %s\n' "$*"; }
+START=$(date +%s)
 
 step "1. A tiny SpeechT5 checkpoint in the official format (stands in for speecht5_base.pt) + its vocabulary"
 xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED"
 
-step "2. A SLUE-VoxCeleb-format corpus spoken by espeak-ng"
-xmodal-make-demo-corpus --out "$OUT/slue-voxceleb" --seed "$SEED" --overwrite
+step "2. A SLUE-VoxCeleb-format corpus spoken by espeak-ng (dev: 320 utterances, Neutral-heavy; sentiment in the words
+        and, as in emotional speech, in pitch and rate: --prosody 2)"
+xmodal-make-demo-corpus --out "$OUT/slue-voxceleb" --seed "$SEED" --n-fine-tune 480 --n-dev 320 --overwrite \
+  --prosody 2
 
 step "3. Data preparation for both modalities (valid carved from fine-tune; dev kept for reporting)"
 xmodal-prep-slue --slue-dir "$OUT/slue-voxceleb" --out "$OUT/data" --spm "$OUT/pretrained/spm_char.model" \
@@ -27,58 +35,80 @@ for task in s2c t2c; do
     --out "$OUT/init/$task.pt"
 done
 
-train() {  # train <task> <run name> <init checkpoint> <train split> [overrides...]
-  local task=$1 name=$2 init=$3 split=$4; shift 4
+train() {  # train <seed> <task> <run name> <init checkpoint> <train split> [overrides...]
+  local seed=$1 task=$2 name=$3 init=$4 split=$5; shift 5
   fairseq-hydra-train --config-dir "$CONFIG" --config-name ${task}_demo task.data="$OUT/data" \
-    dataset.train_subset="$split" dataset.valid_subset=valid common.seed="$SEED" \
-    checkpoint.finetune_from_model="$init" hydra.run.dir="$OUT/runs/$name" "$@" \
-    > "$OUT/logs/$name.log" 2>&1 || { tail -30 "$OUT/logs/$name.log"; exit 1; }
-  grep "valid on 'valid'" "$OUT/runs/$name/hydra_train.log" | tail -1 | sed "s/^.*| valid on 'valid' subset/$name: last valid/"
+    dataset.train_subset="$split" dataset.valid_subset=valid common.seed="$seed" \
+    checkpoint.finetune_from_model="$init" hydra.run.dir="$OUT/runs/seed$seed/$name" "$@" \
+    > "$OUT/logs/seed$seed/$name.log" 2>&1 || { tail -30 "$OUT/logs/seed$seed/$name.log"; return 1; }
+  grep "valid on 'valid'" "$OUT/runs/seed$seed/$name/hydra_train.log" | tail -1 |
+    sed "s/^.*| valid on 'valid' subset/seed $seed $name: last valid/"
 }
-evaluate() {  # evaluate <checkpoint> <task> <name>: always on the untouched dev split
-  xmodal-evaluate --checkpoint "$1" --task "$2" --data "$OUT/data" --split dev --out-dir "$OUT/evals/$3" \
-    --overwrite 2>"$OUT/logs/eval_$3.log" | grep -v "^wrote"
+evaluate() {  # evaluate <seed> <checkpoint> <task> <name>: always on the untouched dev split
+  xmodal-evaluate --checkpoint "$2" --task "$3" --data "$OUT/data" --split dev --out-dir "$OUT/evals/seed$1/$4" \
+    --overwrite 2>"$OUT/logs/seed$1/eval_$4.log" | grep -v "^wrote" | sed "s/^/seed $1 $4: /"
+}
+one_seed() {  # the experiment for one training seed
+  local s=$1 runs="$OUT/runs/seed$1" init="$OUT/init/seed$1"
+  mkdir -p "$OUT/logs/seed$s" "$init"
+  # t2c and s2c from the pretrained checkpoint (balanced training split, selection on valid)
+  train $s t2c t2c_from_pretrained "$OUT/init/t2c.pt" train.dup_equal optimization.max_update=$T2C_UPDATES
+  train $s s2c s2c_from_pretrained "$OUT/init/s2c.pt" train.dup_equal optimization.max_update=$S2C_UPDATES
+  evaluate $s "$runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" t2c t2c_from_pretrained
+  evaluate $s "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c s2c_from_pretrained
+  # transfer both ways (the target modality's prenet comes from the pretrained model; accounting in *.transfer.json)
+  xmodal-transfer --source "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" --task t2c --data "$OUT/data" \
+    --modality-from "$OUT/init/t2c.pt" --out "$init/t2c_from_s2c.pt" --overwrite > "$OUT/logs/seed$s/transfer.log" 2>&1
+  # zero-shot cross-modal evaluation on dev: each trained model, unchanged, on the other modality
+  evaluate $s "$runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" t2c zero_shot_s2c_model_on_text
+  evaluate $s "$runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c zero_shot_t2c_model_on_speech
+  # few-shot t2c: from the transferred s2c model versus from the pretrained model (nested k-per-class subsets)
+  for k in 4 8; do
+    train $s t2c t2c_from_s2c_k$k "$init/t2c_from_s2c.pt" train.k$k optimization.max_update=120
+    train $s t2c t2c_from_pretrained_k$k "$OUT/init/t2c.pt" train.k$k optimization.max_update=120
+    evaluate $s "$runs/t2c_from_s2c_k$k/checkpoints/checkpoint_best.pt" t2c t2c_from_s2c_k$k
+    evaluate $s "$runs/t2c_from_pretrained_k$k/checkpoints/checkpoint_best.pt" t2c t2c_from_pretrained_k$k
+  done
 }
 # Fresh runs (finetune_from_model is ignored where a checkpoint_last.pt exists) and no stale evaluations.
-rm -rf "$OUT/runs" "$OUT/evals" "$OUT/report"
-mkdir -p "$OUT/logs" "$OUT/evals"
+rm -rf "$OUT/runs" "$OUT/evals" "$OUT/report" "$OUT/logs" "$OUT/init"/seed*
+mkdir -p "$OUT/logs"
 
-step "5. Fine-tune t2c and s2c from the pretrained checkpoint (balanced training split, selection on valid)"
-train t2c t2c_from_pretrained "$OUT/init/t2c.pt" train.dup_equal optimization.max_update=600
-train s2c s2c_from_pretrained "$OUT/init/s2c.pt" train.dup_equal optimization.max_update=600
-evaluate "$OUT/runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" t2c t2c_from_pretrained
-evaluate "$OUT/runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c s2c_from_pretrained
-
-step "6. Transfer both ways (the target modality's prenet comes from the pretrained model; accounting in *.transfer.json)"
-xmodal-transfer --source "$OUT/runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" --task t2c \
-  --data "$OUT/data" --modality-from "$OUT/init/t2c.pt" --out "$OUT/init/t2c_from_s2c.pt" --overwrite
-xmodal-transfer --source "$OUT/runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" --task s2c \
-  --data "$OUT/data" --modality-from "$OUT/init/s2c.pt" --out "$OUT/init/s2c_from_t2c.pt" --overwrite
-
-step "7. Zero-shot cross-modal evaluation on dev: each trained model, unchanged, on the other modality"
-evaluate "$OUT/runs/s2c_from_pretrained/checkpoints/checkpoint_best.pt" t2c zero_shot_s2c_model_on_text
-evaluate "$OUT/runs/t2c_from_pretrained/checkpoints/checkpoint_best.pt" s2c zero_shot_t2c_model_on_speech
-
-step "8. Few-shot t2c: from the transferred s2c model versus from the pretrained model (nested k-per-class subsets)"
-for k in 4 8; do
-  train t2c t2c_from_s2c_k$k "$OUT/init/t2c_from_s2c.pt" train.k$k optimization.max_update=120
-  train t2c t2c_from_pretrained_k$k "$OUT/init/t2c.pt" train.k$k optimization.max_update=120
-  evaluate "$OUT/runs/t2c_from_s2c_k$k/checkpoints/checkpoint_best.pt" t2c t2c_from_s2c_k$k
-  evaluate "$OUT/runs/t2c_from_pretrained_k$k/checkpoints/checkpoint_best.pt" t2c t2c_from_pretrained_k$k
+step "5-8. For each training seed ($SEEDS), side by side: t2c and s2c from the pretrained checkpoint, transfer s2c->t2c,
+       zero-shot evaluation both ways, few-shot t2c (k = 4, 8) from the transferred versus the pretrained model"
+pids=()
+for s in $SEEDS; do
+  one_seed $s > "$OUT/logs/seed$s.out" 2>&1 &
+  pids+=($!)
 done
+failed=0
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed=1; done
+for s in $SEEDS; do cat "$OUT/logs/seed$s.out"; done
+[ $failed = 0 ] || { echo "a seed's pipeline failed: see $OUT/logs"; exit 1; }
 
-step "9. Report: table (markdown + CSV) and plots"
-xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" > "$OUT/logs/report.log"
-sed '/^!\[/d' "$OUT/report/report.md" | cat -s
-python3 - "$OUT/data/dev.sent" "$OUT/evals" <<'PY'
-import collections, json, os, sys
-gold = [l.strip() for l in open(sys.argv[1]) if l.strip()]
-labels = sorted(set(gold)); top = collections.Counter(gold).most_common(1)[0][0]
-n = gold.count(top); f1 = 2 * (n / len(gold)) / (n / len(gold) + 1) / len(labels)
-print(f"\nmajority-class baseline on dev (always {top}): macro-F1 {100 * f1:.2f}")
-for run in ("t2c_from_pretrained", "s2c_from_pretrained"):
-    m = json.load(open(os.path.join(sys.argv[2], run, "metrics.json")))
-    print(f"{run:22s} dev macro-F1 {m['macro_f1']:.2f}  ({'beats' if m['macro_f1'] > 100 * f1 else 'does NOT beat'} the baseline)")
+step "9. Report over seeds: conditions (n, mean, std, 95% interval), comparisons with verdicts, plots"
+xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" \
+  --compare t2c_from_s2c_k4=t2c_from_pretrained_k4 --compare t2c_from_s2c_k8=t2c_from_pretrained_k8 \
+  --compare zero_shot_s2c_model_on_text=t2c_from_pretrained --compare zero_shot_t2c_model_on_speech=s2c_from_pretrained \
+  2>"$OUT/logs/report.err" | tee "$OUT/logs/report.log" | grep -v "^wrote"
+
+step "10. Does each in-modality model beat the majority-class baseline on every seed? (lower end of its 95% interval)"
+python3 - "$OUT/evals" $SEEDS <<'PY'
+import json, os, sys
+root, seeds, ok = sys.argv[1], sys.argv[2:], True
+for s in seeds:
+    for run in ("t2c_from_pretrained", "s2c_from_pretrained"):
+        m = json.load(open(os.path.join(root, f"seed{s}", run, "metrics.json")))
+        (lo, hi), maj = m["ci"]["macro_f1"], m["baselines"]["majority"]
+        above = lo > maj["macro_f1"]
+        ok &= above
+        print(f"seed {s} {run:20s} dev macro-F1 {m['macro_f1']:.2f} [95% CI {lo:.2f}, {hi:.2f}] vs majority "
+              f"({maj['label']}) {maj['macro_f1']:.2f}: {'above the baseline' if above else 'NOT above the baseline'}")
+print("every in-modality model is above the majority baseline on every seed" if ok else
+      "CHECK FAILED: an in-modality model is not above the majority baseline")
+sys.exit(0 if ok else 1)
 PY
 echo
-echo "plots (loss, valid F1, F1 vs shots, confusion matrices) and results.csv: $OUT/report"
+echo "plots (loss and valid F1 with seed bands, F1 vs shots with error bars, confusion matrices summed over seeds)," \
+  "seed_groups.csv and comparisons.csv: $OUT/report"
+echo "demo finished in $(( $(date +%s) - START )) s"

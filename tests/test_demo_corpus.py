@@ -98,3 +98,16 @@ def test_prepare_runs_on_the_demo_corpus(corpus, tmp_path):
     assert report["splits"]["train"]["rows"] + report["splits"]["valid"]["rows"] == 48 - plan["<mixed>"]
     assert report["splits"]["test"]["rows"] == 6 and not report["unknown_chars"]["fine-tune"]
     assert not os.path.exists(tmp_path / "data" / "test.sent")
+
+
+def test_prosody_option_shifts_pitch_and_rate_by_label_and_is_off_by_default():
+    plan = lambda prosody: dc._plan_split("fine-tune", 400, 0, np.random.default_rng(5), prosody)  # noqa: E731
+    base, off, on = plan(0.0), dc._plan_split("fine-tune", 400, 0, np.random.default_rng(5)), plan(2.0)
+    assert base == off  # default: the earlier corpus, byte for byte
+    for b, r in zip(base, on):
+        assert b["sentiment"] == r["sentiment"] and b["normalized_text"] == r["normalized_text"]
+        d_pitch, d_rate = (2.0 * x for x in dc.PROSODY[b["sentiment"]])
+        assert r["rate"] - b["rate"] == round(d_rate)
+        assert r["pitch"] == int(np.clip(b["pitch"] + round(d_pitch), 0, 99)) or b["pitch"] in (0, 99)
+    mean_rate = {lab: np.mean([r["rate"] for r in on if r["sentiment"] == lab]) for lab in ("Positive", "Negative")}
+    assert mean_rate["Positive"] > mean_rate["Negative"] + 50

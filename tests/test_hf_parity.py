@@ -64,7 +64,9 @@ def max_abs(a, b):
 
 @pytest.fixture(scope="module")
 def models():
-    cfg = SpeechT5TinyConfig(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, max_relative_position=MAX_REL)
+    # official padding: HF, like the official code, normalises the first conv layer over the zero padding too
+    cfg = SpeechT5TinyConfig(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, max_relative_position=MAX_REL,
+                             feature_padding="official")
     torch.manual_seed(0)
     ours = SpeechT5Classifier(cfg, VOCAB, PAD, NUM_CLASSES).eval()
     with torch.no_grad():

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import hydra_train, run_cli
 from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate
-from fairseq_xmodal.evaluation.report import (learning_speed, parse_log_line, parse_training_log, shots_of,
-                                              single_label)
+from fairseq_xmodal.evaluation.logs import (learning_speed, parse_log_line, parse_training_log, shots_of,
+                                            single_label)
 from conftest import shared_transfer, t2c_from_s2c
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -154,7 +154,7 @@ def test_report_over_real_fewshot_runs(tmp_path_factory, corpus_dir, imported_in
 
     out = tmp_path / "report"
     proc = run_cli(["xmodal-report", str(runs / "k4"), str(full), str(evals), "--out", str(out)])
-    assert "3 evaluations, 2 training runs" in proc.stdout
+    assert "3 evaluations in 3 conditions, 2 training runs" in proc.stdout
     for png in ("loss.png", "valid_f1.png", "f1_vs_shots.png", "confusion_full_on_t2c.png",
                 "confusion_full_on_s2c.png", "confusion_zero_shot.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
@@ -187,3 +187,45 @@ def test_report_over_real_fewshot_runs(tmp_path_factory, corpus_dir, imported_in
     md = (out / "report.md").read_text()
     for name in ("full_on_t2c", "full_on_s2c", "zero_shot", "k4", "t2c_from_s2c", "f1_vs_shots.png"):
         assert name in md
+
+
+def test_report_over_real_seeds_bands_error_bars_and_summed_confusion(tmp_path_factory, corpus_dir, imported_init,
+                                                                       tmp_path):
+    """Two seeds of one real few-shot recipe: one condition with n=2 in every table, a band, error bars, a confusion
+    matrix summed over the seeds; and a figure that cannot be drawn is reported with its reason."""
+    from fairseq_xmodal.evaluation.plots import mean_band
+
+    init = shared_transfer(tmp_path_factory, imported_init, corpus_dir)
+    data = fewshot_corpus(corpus_dir, tmp_path / "data")
+    for seed in (1, 2):
+        run = tmp_path / "runs" / f"seed{seed}" / "k4"
+        run.parent.mkdir(parents=True)
+        hydra_train("t2c_demo", str(run), f"task.data={data}", "dataset.train_subset=train.k4", f"common.seed={seed}",
+                    "optimization.max_update=12", f"checkpoint.finetune_from_model={init}",
+                    "optimization.lr=[3e-3]")
+        evaluate(EvalConfig(checkpoint=str(run / "checkpoints" / "checkpoint_best.pt"), task="t2c", data=data,
+                            split="valid", out_dir=str(tmp_path / "evals" / f"seed{seed}" / "k4")))
+    out = tmp_path / "report"
+    proc = run_cli(["xmodal-report", str(tmp_path / "runs"), str(tmp_path / "evals"), "--out", str(out)])
+    assert "2 evaluations in 1 conditions, 2 training runs" in proc.stdout
+    groups = read_csv(out / "seed_groups.csv")
+    assert len(groups) == 1 and (groups[0]["condition"], groups[0]["n"], groups[0]["seeds"]) == ("k4", "2", "1,2")
+    assert groups[0]["interval"] == "t over 2 seeds" and groups[0]["majority_f1"]
+    learning = read_csv(out / "learning_groups.csv")
+    assert len(learning) == 1 and learning[0]["n"] == "2"
+    comps = read_csv(out / "comparisons.csv")
+    assert [(c["a"], c["b"], c["test"]) for c in comps] == [("k4", "majority", "paired t-test over 2 seeds")]
+    for png in ("loss.png", "valid_f1.png", "f1_vs_shots.png", "confusion_k4.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
+    # the band drawn in valid_f1.png: the seeds differ at some epoch, so the interval there has width
+    curves = [parse_training_log(str(tmp_path / "runs" / f"seed{s}" / "k4" / "hydra_train.log")) for s in (1, 2)]
+    _, mean, lo, hi = mean_band([learning_speed(c)["curve"] for c in curves], "valid_loss")
+    assert (hi - lo).max() > 0 and ((lo <= mean) & (mean <= hi)).all()
+    md = (out / "report.md").read_text()
+    assert "## Conditions over seeds" in md and "## Comparisons" in md
+
+    only_transferred = tmp_path / "report2"
+    evaluate(EvalConfig(checkpoint=init, task="t2c", data=data, split="valid", out_dir=str(tmp_path / "z" / "zs")))
+    proc = run_cli(["xmodal-report", str(tmp_path / "z"), "--out", str(only_transferred)])
+    assert "not drawn: f1_vs_shots.png: no training run or evaluation is on a k-shot split" in proc.stdout
+    assert "f1_vs_shots.png" in (only_transferred / "report.md").read_text().split("## Figures not drawn")[1]

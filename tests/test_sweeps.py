@@ -162,6 +162,8 @@ def test_sweep_configs_axes():
         "dataset.train_subset": "fine-tune,fine-tune.prune,fine-tune.dup_floor,fine-tune.dup_equal"}
     assert _sweep_params("sweep_fewshot", "sweep/base=t2c_demo")[0] == {
         "dataset.train_subset": "train.k4,train.k8,train.k16,train.k32"}
+    params, cfg = _sweep_params("sweep_seeds", "sweep/base=s2c_demo")
+    assert params == {"common.seed": "1,2,3"} and cfg.task._name == "s2c"
     params, cfg = _sweep_params("sweep_init")
     assert params == {} and OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${xmodal_job_name:}"
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == ["task.data"]

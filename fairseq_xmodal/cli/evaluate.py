@@ -41,6 +41,10 @@ def main(argv=None):
                    help="score only shard I of N (every N-th batch from the I-th); merge the N out dirs with --merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DIR",
                    help="merge the out dirs of all N shards of one evaluation into --out-dir (nothing else needed)")
+    p.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the utterances for the intervals (default 1000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0; recorded)")
     args = p.parse_args(argv)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
@@ -58,7 +62,8 @@ def main(argv=None):
                                     out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                     legacy_metrics=args.legacy_metrics, cpu=args.cpu,
                                     task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
-                                    shard=shard))
+                                    shard=shard, ci_level=args.ci_level,
+                                    bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed))
     except (EvaluationError, ValueError, FileNotFoundError) as e:
         print(f"xmodal-evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -9,14 +9,22 @@ without time in a queue), number of starts and requeues, the updates it resumed 
 job, and its folder. Metrics come from hydra_train.log (log_format json or simple); status from DONE and
 sweep_status.jsonl (docs/sweeps.md). Markdown to stdout by default; --format csv for CSV; --markdown/--csv also write
 files.
+
+Jobs whose overrides differ only in the seed (--seed-key, default common.seed; e.g. a sweep with common.seed=1,2,3)
+are also shown as one row per condition: n, mean, std and 95% t-interval over seeds of every metric (--groups-csv
+writes it), followed by the comparisons the sweep defines: conditions that differ in one swept setting with two values
+(trained vs frozen, warm-up on vs off), and each transplanted init file `S.transferred.pt` against its controls
+`S.<init>.pt`; t-tests over seeds of the best checkpoint metric, with a verdict.
 """
 import argparse
 import csv
 import io
+import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fairseq_xmodal import sweeps
+from fairseq_xmodal.evaluation import seeds
 
 FIRST = ["job", "status"]
 LAST = ["num_updates", "max_update", "wall_s", "attempts", "requeues", "resumed_at", "overrides", "error", "path"]
@@ -100,6 +108,72 @@ def to_markdown(rows: List[Dict[str, Any]], cols: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split(overrides: str) -> Dict[str, str]:
+    return dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides.split())
+
+
+def seed_groups(rows: List[Dict[str, Any]], seed_key: str = "common.seed") -> Tuple[List[seeds.Group], List[Dict]]:
+    """Jobs -> (groups, table rows): a condition is a job's overrides without `seed_key=...`."""
+    keys = [k for k in seed_key.split(",") if k]  # several: the replicate is identified by all their values
+
+    def condition(r):
+        return " ".join(o for o in r.get("overrides", "").split() if o.split("=", 1)[0] not in keys)
+
+    def seed(r):
+        values = [_split(r.get("overrides", "")).get(k) for k in keys]
+        return None if all(v is None for v in values) else ",".join(str(v) for v in values)
+
+    groups = seeds.group(rows, condition, seed)
+    numeric = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and k not in ("attempts", "requeues", "max_update", "best_update")},
+                     key=lambda k: (not k.startswith("best_"), k.startswith("recall_"), k))
+    table = []
+    for g in groups:
+        statuses = [r["status"] for r in g.rows]
+        row = {"condition": g.condition, "n": g.n, "seeds": ",".join(str(x) for x in g.seeds),
+               "status": ", ".join(f"{st} {statuses.count(st)}" for st in dict.fromkeys(statuses)),
+               "interval": seeds.interval_kind(g, "none (one seed)")}
+        for k in numeric:
+            row.update(seeds.summary(g, k))
+        table.append(row)
+    return groups, table
+
+
+def sweep_pairs(groups: List[seeds.Group]) -> List[Tuple[seeds.Group, seeds.Group]]:
+    """The comparisons a sweep defines: conditions equal except in one key that takes exactly two values in the sweep,
+    or checkpoint.finetune_from_model files `S.transferred.pt` vs `S.<control init>.pt` (xmodal-prepare-transplants)."""
+    conds = [(g, _split(g.condition)) for g in groups]
+    values: Dict[str, set] = {}
+    for _, d in conds:
+        for k, v in d.items():
+            values.setdefault(k, set()).add(v)
+    pairs = []
+    for i, (ga, da) in enumerate(conds):
+        for gb, db in conds[i + 1:]:
+            diff = [k for k in set(da) | set(db) if da.get(k) != db.get(k)]
+            if len(diff) != 1:
+                continue
+            k = diff[0]
+            va, vb = os.path.basename(da.get(k, "").strip("'")), os.path.basename(db.get(k, "").strip("'"))
+            if k == "checkpoint.finetune_from_model":
+                sa, sb = va.split("."), vb.split(".")
+                if len(sa) == len(sb) == 3 and sa[0] == sb[0] and "transferred" in (sa[1], sb[1]):
+                    pairs.append((ga, gb) if sa[1] == "transferred" else (gb, ga))
+            elif len(values[k]) == 2:
+                pairs.append((ga, gb))
+    return pairs
+
+
+def sweep_comparisons(groups: List[seeds.Group], metric: Optional[str], alpha: float = seeds.ALPHA) -> List[Dict]:
+    if metric is None:
+        return []
+    out = []
+    for ga, gb in sweep_pairs(groups):
+        row = seeds.compare(ga, gb, metric, gb.condition, alpha=alpha)
+        out.append(row)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="xmodal-sweep-table", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -116,6 +190,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--markdown", metavar="FILE", help="also write the markdown table here")
     parser.add_argument("--csv", metavar="FILE", help="also write the CSV table here")
     parser.add_argument("--columns", help="comma-separated columns to keep (default: all)")
+    parser.add_argument("--seed-key", default="common.seed",
+                        help="the override(s) that only change the replicate, comma-separated (e.g. "
+                             "common.seed,task.seed); jobs differing only in them form one condition")
+    parser.add_argument("--groups-csv", metavar="FILE", help="also write the seed-group table as CSV")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
     args = parser.parse_args(argv)
@@ -134,12 +213,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         cols = wanted
     markdown, table_csv = to_markdown(rows, cols), to_csv(rows, cols)
+    groups, group_rows = seed_groups(rows, args.seed_key)
+    if any(g.n > 1 for g in groups):
+        gcols = ["condition", "n", "seeds", "status", "interval"] + [c for c in group_rows[0] if c not in (
+            "condition", "n", "seeds", "status", "interval")]
+        metric = next((f"best_{r['metric']}" for r in rows if r.get("metric")), None)
+        comps = sweep_comparisons(groups, metric, args.alpha)
+        extra = (f"\nSeed groups ({args.seed_key}; mean, std and 95% t-interval over seeds):\n\n"
+                 + _markdown_plain(group_rows, gcols))
+        if comps:
+            extra += (f"\nComparisons ({metric}, A - B, alpha={args.alpha:g}):\n\n"
+                      + _markdown_plain(comps, [c for c in seeds.COMPARISON_COLUMNS if c not in ("task", "split")]))
+        markdown += extra
+        if args.groups_csv:
+            with open(args.groups_csv, "w") as f:
+                f.write(to_csv(group_rows, gcols))
     sys.stdout.write(markdown if args.format == "markdown" else table_csv)
     for path, text in ((args.markdown, markdown), (args.csv, table_csv)):
         if path:
             with open(path, "w") as f:
                 f.write(text)
     return 0
+
+
+def _markdown_plain(rows: List[Dict[str, Any]], cols: List[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ..checkpoints import atomic_write_json, load_state, make_cfg
 from ..models import heads
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
+from . import stats
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class EvalConfig:
     overwrite: bool = False
     majority_threshold: float = 0.95
     shard: Optional[Tuple[int, int]] = None  # (i, n): only every n-th batch from the i-th (shards.py merges them)
+    ci_level: float = stats.DEFAULT_LEVEL
+    bootstrap_resamples: int = stats.DEFAULT_RESAMPLES
+    bootstrap_seed: int = stats.DEFAULT_SEED
 
 
 @dataclass
@@ -186,8 +190,10 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
 
 
 def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
-                    majority_threshold: float = 0.95) -> Dict[str, Any]:
-    """Headline numbers (percent) in the chosen mode plus both full score sets, confusion matrix, distribution."""
+                    majority_threshold: float = 0.95, ci_level: float = stats.DEFAULT_LEVEL,
+                    resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED) -> Dict[str, Any]:
+    """Headline numbers (percent) in the chosen mode plus both full score sets, confusion matrix, distribution,
+    seeded bootstrap intervals of the SLUE scores and the chance baselines of this split."""
     counts = {lab: int(sum(1 for p in pred.pred if p == i)) for i, lab in enumerate(labels)}
     out: Dict[str, Any] = {"labels": list(labels), "units": "percent",
                            "metrics_mode": "legacy" if legacy else "slue",
@@ -211,6 +217,10 @@ def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
     out["legacy"]["definition"] = ("prior system: sklearn average='macro', zero_division=1, labels = union of gold "
                                    "and predicted labels")
     out["slue"]["definition"] = "sklearn average='macro', zero_division=0, labels = the fixed class dictionary"
+    # Intervals are of the SLUE scores (legacy scores drop labels per resample, so they have no stable definition).
+    out.update(stats.bootstrap_intervals(pred.gold, pred.pred, labels, ci_level, resamples, seed))
+    out["ci_metrics"] = "slue"
+    out["baselines"] = stats.baselines(pred.gold, labels, ci_level, resamples, seed)
     return out
 
 
@@ -233,7 +243,8 @@ def checkpoint_info(state: Dict[str, Any], path: str) -> Dict[str, Any]:
     prov = (state.get("extra_state") or {}).get("xmodal_provenance") or {}
     num_updates = hist[-1].get("num_updates", 0) or 0
     info = {"path": os.path.abspath(path), "task": cfg["task"]["_name"], "data": cfg["task"].get("data"),
-            "num_updates": num_updates, "train_subset": None, "finetune_from_model": None}
+            "num_updates": num_updates, "train_subset": None, "finetune_from_model": None,
+            "seed": (cfg.get("common") or {}).get("seed")}
     if "transfer" in prov:
         t = prov["transfer"]
         info.update(kind="transfer", init=f"transfer {t['source']['task']}->{t['target']['task']} of "
@@ -277,6 +288,9 @@ def describe_init_file(path: str) -> str:
 
 def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
+    if not 0 < cfg.ci_level < 1 or cfg.bootstrap_resamples < 2:
+        raise EvaluationError(f"--ci-level must be in (0, 1) and --bootstrap at least 2 (got {cfg.ci_level}, "
+                              f"{cfg.bootstrap_resamples})")
     out_dir = os.path.abspath(cfg.out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not cfg.overwrite:
@@ -293,14 +307,15 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
             "classifier": heads.describe(model)}  # kind; layer_weighted: its softmax layer weights
     evaluation = {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
                   "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}
+    ci = (cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed)  # the merge of shards uses the same intervals
     os.makedirs(out_dir, exist_ok=True)
     if cfg.shard is not None:  # one part of a sharded evaluation: shards.merge makes the whole of it
         from .shards import write_shard
 
         split_rows = len(task.dataset(cfg.split))
         write_shard(out_dir, cfg.shard, split_rows, pred, labels, head, evaluation, cfg.legacy_metrics,
-                    cfg.majority_threshold)
-    result = {**head, **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold),
+                    cfg.majority_threshold, ci)
+    result = {**head, **compute_metrics(pred, labels, cfg.legacy_metrics, cfg.majority_threshold, *ci),
               "evaluation": evaluation}
     if cfg.shard is not None:
         result["shard"] = {"index": cfg.shard[0], "count": cfg.shard[1], "rows_of_split": split_rows}
@@ -316,5 +331,11 @@ def summary_line(m: Dict[str, Any]) -> str:
     tail = ("; layer weights " + " ".join(f"{k} {v:.3f}" for k, v in weights.items())) if weights else ""
     if m.get("accuracy") is None:
         return head + ": no gold labels; predicted " + json.dumps(m["predicted_distribution"]) + tail
-    return (head + f": ACC {m['accuracy']:.2f}  P {m['macro_precision']:.2f}  R {m['macro_recall']:.2f}  "
-                   f"F1 {m['macro_f1']:.2f}" + tail)
+    line = (head + f": ACC {m['accuracy']:.2f}  P {m['macro_precision']:.2f}  R {m['macro_recall']:.2f}  "
+                   f"F1 {m['macro_f1']:.2f}")
+    if m.get("ci"):
+        lo, hi = m["ci"]["macro_f1"]
+        maj = m["baselines"]["majority"]
+        line += (f" [{100 * m['ci_level']:.0f}% CI {lo:.2f}, {hi:.2f}]; majority baseline F1 {maj['macro_f1']:.2f} "
+                 f"[{maj['ci']['macro_f1'][0]:.2f}, {maj['ci']['macro_f1'][1]:.2f}]")
+    return line + tail

@@ -1,242 +1,19 @@
 """Reports over many runs: fairseq training logs + xmodal-evaluate metrics.json -> tables (markdown, CSV, JSON) and
 PNG plots (loss curves, validation macro-F1 curves, confusion matrices, F1 versus shots).
 
-Log parsing reads fairseq's end-of-epoch lines in every format fairseq writes them:
-  hydra, simple:  [time][valid][INFO] - epoch 003 | valid on 'valid' subset | loss 1.584 | accuracy 0.3333 | ...
-                  [time][train][INFO] - epoch 003 | loss 1.584 | ...
-  hydra, json:    [time][valid][INFO] - {"epoch": 3, "valid_loss": "1.584", ...}
-  fairseq-train:  2024-01-01 10:00:00 | INFO | valid | epoch 003 | valid on 'valid' subset | loss 1.584 | ...
-and the config dict fairseq_cli.train logs at start (task, train_subset, finetune_from_model). Per-update
-`train_inner` lines are ignored. A later line for the same (subset, epoch) replaces an earlier one (resumed runs).
+Runs and evaluations that differ only in their seed are grouped (seeds.py): the tables show n, mean, std and the
+95% interval of each group (t over seeds; the bootstrap interval of metrics.json for a single seed), the plots draw
+bands and error bars, and the comparisons table tests named pairs of conditions and every evaluation against the
+majority-class baseline of its split. Log parsing: logs.py; plots: plots.py; statistics: stats.py.
 """
-import ast
 import csv
 import json
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .evaluate import describe_init_file
-
-LOG_NAMES = ("hydra_train.log", "train.log")
-HYDRA_LINE = re.compile(r"^\[[^\]]*\]\[(?P<tag>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
-PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| (?P<level>[A-Z]+) \| (?P<tag>[^|]+?) \| (?P<msg>.*)$")
-VALID_ON = re.compile(r"^valid on '(?P<subset>[^']+)' subset$")
-EPOCH = re.compile(r"^epoch (?P<epoch>\d+)$")
-SHOTS = re.compile(r"(?:^|\.)k(\d+)(?:\.|$)")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Log parsing
-
-
-@dataclass
-class LogRecord:
-    kind: str  # "train" | "valid" | "config"
-    subset: Optional[str]
-    epoch: Optional[int]
-    stats: Dict[str, Any]
-
-
-def _value(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    s = text.strip()
-    try:
-        return int(s) if re.fullmatch(r"[-+]?\d+", s) else float(s)
-    except ValueError:
-        return s
-
-
-def parse_log_line(line: str) -> Optional[LogRecord]:
-    """One log line -> an end-of-epoch train/valid record, the run config, or None."""
-    line = line.rstrip("\n")
-    m = HYDRA_LINE.match(line) or PLAIN_LINE.match(line)
-    if not m:
-        return None
-    tag, msg = m.group("tag").strip(), m.group("msg")
-    if tag == "train_inner":
-        return None
-    if msg.startswith("{'_name'"):
-        cfg = _literal_dict(msg)
-        return LogRecord("config", None, None, cfg) if cfg is not None else None
-    if msg.startswith("{"):
-        return _parse_json(tag, msg)
-    return _parse_simple(tag, msg)
-
-
-class _BareNamesToStrings(ast.NodeTransformer):
-    """fairseq's config repr prints enum choices unquoted (`'long_utterances': error`); read them as strings."""
-
-    def visit_Name(self, node):
-        return ast.copy_location(ast.Constant(node.id), node)
-
-
-def _literal_dict(text: str) -> Optional[Dict[str, Any]]:
-    """A python dict repr -> dict, without running code (literal_eval of a parsed, sanitised tree)."""
-    try:
-        tree = _BareNamesToStrings().visit(ast.parse(text, mode="eval"))
-        value = ast.literal_eval(tree.body)
-    except (ValueError, SyntaxError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _parse_json(tag: str, msg: str) -> Optional[LogRecord]:
-    try:
-        d = json.loads(msg)
-    except ValueError:
-        return None
-    prefix = tag + "_"
-    if not isinstance(d, dict) or prefix + "loss" not in d:
-        return None
-    stats = {k[len(prefix):]: _value(v) for k, v in d.items() if k.startswith(prefix)}
-    epoch = d.get("epoch")
-    kind = "train" if tag == "train" else "valid"
-    return LogRecord(kind, None if kind == "train" else tag, int(epoch) if epoch is not None else None, stats)
-
-
-def _parse_simple(tag: str, msg: str) -> Optional[LogRecord]:
-    parts = [p.strip() for p in msg.split(" | ")]
-    m = EPOCH.match(parts[0])
-    if not m or len(parts) < 2:
-        return None
-    v = VALID_ON.match(parts[1])
-    if v:
-        kind, subset, rest = "valid", v.group("subset"), parts[2:]
-    elif tag == "train":
-        kind, subset, rest = "train", None, parts[1:]
-    else:
-        return None
-    stats = {}
-    for p in rest:
-        key, _, val = p.partition(" ")
-        if key:
-            stats[key] = _value(val)
-    return LogRecord(kind, subset, int(m.group("epoch")), stats)
-
-
-@dataclass
-class RunLog:
-    path: str
-    name: str
-    cfg: Optional[Dict[str, Any]] = None
-    train: Dict[int, Dict[str, Any]] = field(default_factory=dict)  # epoch -> stats
-    valid: Dict[str, Dict[int, Dict[str, Any]]] = field(default_factory=dict)  # subset -> epoch -> stats
-
-    def _cfg(self, section: str, key: str):
-        return ((self.cfg or {}).get(section) or {}).get(key)
-
-    @property
-    def task(self) -> Optional[str]:
-        return self._cfg("task", "_name")
-
-    @property
-    def train_subset(self) -> Optional[str]:
-        return self._cfg("dataset", "train_subset")
-
-    @property
-    def shots(self) -> Optional[int]:
-        return shots_of(self.train_subset)
-
-    @property
-    def init(self) -> str:
-        if self.cfg is None:
-            return "?"  # the log has no config line: say so rather than guess "scratch"
-        path = self._cfg("checkpoint", "finetune_from_model")
-        restore = self._cfg("checkpoint", "restore_file")
-        if not path and restore and os.path.basename(restore) != "checkpoint_last.pt":
-            path = restore
-        return describe_init_file(path) if path else "scratch"
-
-    @property
-    def valid_subsets(self) -> List[str]:
-        configured = [s for s in str(self._cfg("dataset", "valid_subset") or "").split(",") if s]
-        return [s for s in configured if s in self.valid] + [s for s in self.valid if s not in configured]
-
-
-def shots_of(train_subset: Optional[str]) -> Optional[int]:
-    m = SHOTS.search(train_subset or "")
-    return int(m.group(1)) if m else None
-
-
-def on_shots_axis(train_subset: Optional[str]) -> bool:
-    """k-shot splits (`train.k8`) and whole training splits (`train`, `fine-tune`); not balanced variants."""
-    return bool(train_subset) and (shots_of(train_subset) is not None or "." not in train_subset)
-
-
-def parse_training_log(path: str, name: Optional[str] = None) -> RunLog:
-    run = RunLog(path=os.path.abspath(path), name=name or os.path.basename(os.path.dirname(os.path.abspath(path))))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            rec = parse_log_line(line)
-            if rec is None:
-                continue
-            if rec.kind == "config":
-                run.cfg = rec.stats
-            elif rec.kind == "train" and rec.epoch is not None:
-                run.train[rec.epoch] = rec.stats
-            elif rec.kind == "valid" and rec.epoch is not None:
-                run.valid.setdefault(rec.subset, {})[rec.epoch] = rec.stats
-    return run
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Learning speed
-
-
-def single_label(stats: Dict[str, Any], tol: float = 1e-4) -> Optional[bool]:
-    """Were all predictions of this validation one label? From the logged per-class recall_*, None if not logged.
-
-    One recall is 1 and the others 0 is necessary. With accuracy and macro_precision logged it is also sufficient:
-    then precision is 0 for every other class, and macro_precision == accuracy / n_classes exactly when that label
-    was predicted for every row (up to the log's 4-decimal rounding, `tol`)."""
-    recalls = [float(v) for k, v in stats.items() if k.startswith("recall_") and isinstance(v, (int, float))]
-    if not recalls:
-        return None
-    pattern = sorted(recalls) == [0.0] * (len(recalls) - 1) + [1.0]
-    if not pattern:
-        return False
-    acc, prec = stats.get("accuracy"), stats.get("macro_precision")
-    if isinstance(acc, (int, float)) and isinstance(prec, (int, float)):
-        return abs(float(prec) - float(acc) / len(recalls)) <= tol
-    return True
-
-
-def learning_speed(run: RunLog, subset: Optional[str] = None) -> Dict[str, Any]:
-    """Per-epoch validation curve and the update at which predictions stop being single-label."""
-    subsets = run.valid_subsets
-    subset = subset or (subsets[0] if subsets else None)
-    curve = []
-    for epoch in sorted(set(run.train) | set(run.valid.get(subset, {}))):
-        v, t = run.valid.get(subset, {}).get(epoch, {}), run.train.get(epoch, {})
-        curve.append({"epoch": epoch, "num_updates": v.get("num_updates", t.get("num_updates")),
-                      "train_loss": t.get("loss"), "valid_loss": v.get("loss"),
-                      "valid_accuracy": v.get("accuracy"), "valid_macro_f1": v.get("macro_f1"),
-                      "single_label": single_label(v) if v else None})
-    judged = [c for c in curve if c["single_label"] is not None]
-    first = next((c for c in judged if not c["single_label"]), None)
-    stable = None
-    for i, c in enumerate(judged):  # first validation after which predictions never collapse again
-        if all(not d["single_label"] for d in judged[i:]):
-            stable = c
-            break
-    scored = [c for c in curve if isinstance(c["valid_macro_f1"], (int, float))]
-    best = max(scored, key=lambda c: c["valid_macro_f1"]) if scored else None
-    last = curve[-1] if curve else {}
-    return {"run": run.name, "log": run.path, "task": run.task, "train_subset": run.train_subset,
-            "shots": run.shots, "init": run.init, "valid_subset": subset,
-            "epochs": len(curve), "num_updates": last.get("num_updates"),
-            "first_multi_label_update": first["num_updates"] if first else None,
-            "first_multi_label_epoch": first["epoch"] if first else None,
-            "stable_multi_label_update": stable["num_updates"] if stable else None,
-            "stable_multi_label_epoch": stable["epoch"] if stable else None,
-            "best_valid_macro_f1": best["valid_macro_f1"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "last_valid_macro_f1": scored[-1]["valid_macro_f1"] if scored else None,
-            "curve": curve}
-
+from . import plots, seeds, stats
+from .logs import LOG_NAMES, RunLog, learning_speed, parse_training_log, shots_of
 
 # ----------------------------------------------------------------------------------------------------------------
 # Collecting inputs
@@ -273,22 +50,26 @@ def collect(paths: Iterable[str], log_names: Iterable[str] = LOG_NAMES) -> Colle
 
 
 def unique_names(paths: List[str]) -> List[str]:
-    """Shortest distinct trailing folder names: run dirs `a/k4`, `b/k4` -> `a/k4`, `b/k4`; else just `k4`."""
+    """Per path, the shortest trailing folder name no other path shares: `a/k4`, `b/k4`, `c/full` -> `a/k4`, `b/k4`,
+    `full`."""
     dirs = [os.path.dirname(os.path.abspath(p)).split(os.sep) for p in paths]
-    depth = 1
-    while True:
-        names = ["/".join(d[-depth:]) for d in dirs]
-        if len(set(names)) == len(names) or depth > max((len(d) for d in dirs), default=1):
-            return names
-        depth += 1
+    names = []
+    for d in dirs:
+        for depth in range(1, len(d) + 1):
+            name = "/".join(d[-depth:])
+            if sum("/".join(e[-depth:]) == name for e in dirs) == 1:
+                break
+        names.append(name)
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
 
-RESULT_COLUMNS = ["name", "init", "data_variant", "model_task", "task", "cross_modal", "split", "rows", "accuracy",
-                  "precision", "recall", "f1", "metrics", "note", "source"]
+RESULT_COLUMNS = ["name", "seed", "init", "data_variant", "model_task", "task", "cross_modal", "split", "rows",
+                  "accuracy", "precision", "recall", "f1", "f1_lo", "f1_hi", "majority_f1", "metrics", "note",
+                  "source"]
 LEARNING_COLUMNS = ["run", "task", "init", "train_subset", "shots", "epochs", "num_updates", "best_valid_macro_f1",
                     "best_epoch", "last_valid_macro_f1", "first_multi_label_update", "first_multi_label_epoch",
                     "stable_multi_label_update", "log"]
@@ -302,7 +83,11 @@ def result_row(path: str, m: Dict[str, Any], name: str) -> Dict[str, Any]:
             "task": m["task"], "cross_modal": "yes" if m.get("cross_modal") else "no", "split": m["split"],
             "rows": m["rows"], "accuracy": m.get("accuracy"), "precision": m.get("macro_precision"),
             "recall": m.get("macro_recall"), "f1": m.get("macro_f1"), "metrics": m.get("metrics_mode"),
-            "note": "; ".join(m.get("warnings") or []), "source": path}
+            "note": "; ".join(m.get("warnings") or []), "source": path, "seed": ck.get("seed"),
+            "shots": shots_of(variant), "f1_lo": (m.get("ci") or {}).get("macro_f1", [None])[0],
+            "f1_hi": (m.get("ci") or {}).get("macro_f1", [None, None])[1],
+            "majority_f1": ((m.get("baselines") or {}).get("majority") or {}).get("macro_f1"),
+            "ci": m.get("ci") or {}}
 
 
 def _fmt(v: Any) -> str:
@@ -335,168 +120,222 @@ def write_csv(path: str, rows: List[Dict[str, Any]], columns: List[str]):
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
 
 
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg: no display needed)
+# Seed groups
 
 
-def _pyplot():
-    import logging
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # the root logger may be at DEBUG (see report docs)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+METRICS = {"accuracy": "accuracy", "precision": "macro_precision", "recall": "macro_recall", "f1": "macro_f1"}
+EVAL_KEY = ["init", "data_variant", "model_task", "task", "split", "metrics"]
+GROUP_COLUMNS = (["condition", "init", "data_variant", "model_task", "task", "cross_modal", "split", "rows", "n",
+                  "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std", "_lo", "_hi")]
+                 + ["interval", "majority_f1", "f1_lo_above_majority", "note"])
+LEARNING_GROUP_COLUMNS = ["condition", "task", "init", "train_subset", "shots", "n", "seeds", "best_valid_macro_f1",
+                          "best_valid_macro_f1_std", "best_valid_macro_f1_lo", "best_valid_macro_f1_hi"]
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+def _seed(row: Dict[str, Any], name_key: str, seed_key: str):
+    return row.get("seed") if row.get("seed") is not None else seeds.seed_in(row[name_key], seed_key)
 
 
-def _style(ax, xlabel: str, ylabel: str, title: str):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+def eval_groups(results: List[Dict[str, Any]], seed_key: str = "seed",
+                group_by: Optional[Sequence[str]] = None) -> List[Tuple[seeds.Group, Dict[str, Any]]]:
+    """Evaluations -> [(group, its table row)]. group_by: the row fields that define a condition besides the name
+    without its seed token (default: init, data variant, model task, task, split, metrics mode); give
+    e.g. ["init", "task", "split"] to group rows whose names differ."""
+    by_name = group_by is None
+    fields = EVAL_KEY if by_name else list(group_by)
+    condition = (lambda r: seeds.strip_seed(r["name"], seed_key)) if by_name else (
+        lambda r: " ".join(f"{f}={r.get(f)}" for f in fields))
+    out = []
+    for g in seeds.group(results, condition, lambda r: _seed(r, "name", seed_key), () if not by_name else fields):
+        first = g.rows[0]
+        row = {k: first.get(k) for k in ("init", "data_variant", "model_task", "task", "cross_modal", "split", "rows",
+                                          "shots")}
+        row.update(condition=g.condition, n=g.n, seeds=",".join(str(x) for x in g.seeds),
+                   interval=seeds.interval_kind(g, "bootstrap over utterances" if first["ci"] else "none"))
+        for col, key in METRICS.items():
+            row.update(seeds.summary(g, col, lambda r, key=key: r["ci"].get(key)))
+        maj = [r["majority_f1"] for r in g.rows if r.get("majority_f1") is not None]
+        row["majority_f1"] = max(maj) if maj else None
+        if row["majority_f1"] is not None and row["f1_lo"] is not None:
+            row["f1_lo_above_majority"] = "yes" if row["f1_lo"] > row["majority_f1"] else "NO"
+        row["note"] = "; ".join(x for x in [seeds.duplicate_seed_note(g)] + [r["note"] for r in g.rows] if x)
+        out.append((g, row))
+    return out
 
 
-def _save(fig, path: str):
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+def learning_groups(speeds: List[Dict[str, Any]], seed_key: str = "seed") -> List[Dict[str, Any]]:
+    out = []
+    for g in seeds.group(speeds, lambda s: seeds.strip_seed(s["run"], seed_key),
+                         lambda s: s.get("seed") if s.get("seed") is not None else seeds.seed_in(s["run"], seed_key),
+                         ("task", "train_subset", "init", "valid_subset")):
+        first = g.rows[0]
+        row = {k: first.get(k) for k in ("task", "init", "train_subset", "shots", "valid_subset")}
+        pct = seeds.Group(g.key, g.condition, [{"v": 100 * r["best_valid_macro_f1"]} if r["best_valid_macro_f1"]
+                                               is not None else {} for r in g.rows], g.seeds)
+        summ = seeds.summary(pct, "v")
+        row.update(condition=g.condition, n=g.n, seeds=",".join(str(x) for x in g.seeds), label=g.condition,
+                   curves=[r["curve"] for r in g.rows], **{f"best_valid_macro_f1{k[1:]}": v for k, v in summ.items()})
+        out.append(row)
+    return out
 
 
-def plot_losses(speeds: List[Dict[str, Any]], path: str):
-    """Train and validation loss per epoch, every run on one figure (solid train, dashed valid, one colour per run)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for i, s in enumerate(speeds):
-        color = f"C{i % 10}"
-        ep = [c["epoch"] for c in s["curve"]]
-        for ax, key in ((axes[0], "train_loss"), (axes[1], "valid_loss")):
-            pts = [(e, c[key]) for e, c in zip(ep, s["curve"]) if isinstance(c[key], (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), color=color, marker=".", label=s["run"])
-    for ax, title in zip(axes, ("train loss", "valid loss")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (base 2)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
-    _save(fig, path)
+# ----------------------------------------------------------------------------------------------------------------
+# Comparisons
 
 
-def plot_valid_f1(speeds: List[Dict[str, Any]], path: str):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, s in enumerate(speeds):
-        pts = [(c["epoch"], 100 * c["valid_macro_f1"]) for c in s["curve"]
-               if isinstance(c["valid_macro_f1"], (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), color=f"C{i % 10}", marker=".", label=s["run"])
-        if s["first_multi_label_epoch"] is not None:
-            ax.axvline(s["first_multi_label_epoch"], color=f"C{i % 10}", ls=":", lw=0.8)
-    _style(ax, "epoch", "valid macro-F1 (%)", "validation macro-F1 (dotted: first epoch not single-label)")
-    _save(fig, path)
+def _predictions_reader(results: List[Dict[str, Any]]):
+    """row -> (ids, gold, pred, num_labels) from the predictions.tsv beside its metrics.json."""
+    cache: Dict[str, Tuple] = {}
+
+    def read(row):
+        path = os.path.join(os.path.dirname(row["source"]), "predictions.tsv")
+        if path not in cache:
+            labels = json.load(open(row["source"]))["labels"]
+            with open(path) as f:
+                rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: r["id"])
+            if any(not r["gold"] for r in rows):
+                raise ValueError(f"{path} has no gold labels")
+            code = {lab: i for i, lab in enumerate(labels)}
+            cache[path] = ([r["id"] for r in rows], [code[r["gold"]] for r in rows],
+                           [code[r["predicted"]] for r in rows], len(labels))
+        return cache[path]
+
+    return read
 
 
-def plot_confusion(m: Dict[str, Any], title: str, path: str):
-    plt = _pyplot()
-    cm, labels = m["confusion_matrix"]["counts"], m["confusion_matrix"]["labels"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2))
-    ax.imshow(cm, cmap="Blues")
-    top = max(max(r) for r in cm) or 1
-    for g, row in enumerate(cm):
-        for p, n in enumerate(row):
-            ax.text(p, g, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=30)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    ax.set_title(title, fontsize=8)
-    _save(fig, path)
+def comparisons(groups: List[Tuple[seeds.Group, Dict[str, Any]]], results: List[Dict[str, Any]],
+                pairs: Sequence[Tuple[str, str]], alpha: float = seeds.ALPHA,
+                permutations: int = stats.DEFAULT_PERMUTATIONS) -> List[Dict[str, Any]]:
+    """Named pairs of conditions (each matched on the same task and split), then every group against the
+    majority-class baseline of its split."""
+    read = _predictions_reader(results)
+    by_cond: Dict[str, List[Tuple[seeds.Group, Dict[str, Any]]]] = {}
+    for g, row in groups:
+        by_cond.setdefault(g.condition, []).append((g, row))
+    out = []
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in by_cond and name != seeds.BASELINE:
+                raise ValueError(f"--compare {a}={b}: no condition {name!r}; conditions: {', '.join(sorted(by_cond))}")
+        matched = False
+        for ga, ra in by_cond[a]:
+            cands = [(gb, rb) for gb, rb in by_cond.get(b, []) if (rb["task"], rb["split"]) == (ra["task"], ra["split"])]
+            for gb, rb in cands if b != seeds.BASELINE else [(None, None)]:
+                out.append(_compare(ga, gb, ra, b, read, alpha, permutations))
+                matched = True
+        if not matched:
+            raise ValueError(f"--compare {a}={b}: the two conditions share no evaluation split (task and split)")
+    named = {(r["a"], r["b"], r["task"], r["split"]) for r in out}
+    for g, row in groups:
+        if (g.condition, seeds.BASELINE, row["task"], row["split"]) not in named:
+            out.append(_compare(g, None, row, seeds.BASELINE, read, alpha, permutations))
+    return out
 
 
-def plot_f1_vs_shots(speeds: List[Dict[str, Any]], evals: List[Dict[str, Any]], path: str) -> bool:
-    """Best validation macro-F1 (from logs) and evaluated macro-F1 versus k shots per class; `full` = whole set."""
-    pts: Dict[Tuple[str, str], List[Tuple[Optional[int], float]]] = {}  # (label, "log" | "eval") -> points
-    for s in speeds:
-        if s["best_valid_macro_f1"] is not None and on_shots_axis(s["train_subset"]):
-            pts.setdefault((f"{s['task']} from {s['init']} (best {s['valid_subset']}, log)", "log"), []).append(
-                (s["shots"], 100 * s["best_valid_macro_f1"]))
-    for r in evals:
-        if r["f1"] is not None and on_shots_axis(r["data_variant"]):
-            pts.setdefault((f"{r['model_task']} from {r['init']} on {r['task']} {r['split']}", "eval"), []).append(
-                (shots_of(r["data_variant"]), r["f1"]))
-    if not pts:
-        return False
-    ks = sorted({k for series in pts.values() for k, _ in series if k is not None})
-    has_full = any(k is None for series in pts.values() for k, _ in series)
-    xpos = {k: i for i, k in enumerate(ks)}
-    if has_full:
-        xpos[None] = len(ks)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, ((label, kind), series) in enumerate(sorted(pts.items())):
-        series = sorted(series, key=lambda kv: xpos[kv[0]])
-        ax.plot([xpos[k] for k, _ in series], [v for _, v in series], marker="o" if kind == "log" else "x",
-                ls="-" if kind == "log" else "--", color=f"C{i % 10}", label=label)
-    ax.set_xticks(list(xpos.values()), [str(k) if k is not None else "full" for k in xpos])
-    _style(ax, "training examples per class (k)", "macro-F1 (%)", "F1 versus shots")
-    _save(fig, path)
-    return True
+def _compare(ga, gb, ra, name_b, read, alpha, permutations):
+    baseline = (lambda r: r["majority_f1"]) if gb is None else None
+    return seeds.compare(ga, gb, "f1", name_b, read, baseline, alpha, {"task": ra["task"], "split": ra["split"]},
+                         permutations)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The report
 
 
-def build_report(paths: Iterable[str], out_dir: str, subset: Optional[str] = None) -> Dict[str, Any]:
+def build_report(paths: Iterable[str], out_dir: str, subset: Optional[str] = None, compare: Sequence[str] = (),
+                 group_by: Optional[Sequence[str]] = None, seed_key: str = "seed", alpha: float = seeds.ALPHA,
+                 plot: bool = True, permutations: int = stats.DEFAULT_PERMUTATIONS) -> Dict[str, Any]:
     """Collect runs and evaluations under `paths`; write tables and plots to `out_dir`; return report.json content."""
+    pairs = seeds.parse_pairs(compare)
     col = collect(paths)
     if not col.runs and not col.evals:
         raise FileNotFoundError(f"no training log ({', '.join(LOG_NAMES)}) or metrics.json under {list(paths)}")
     os.makedirs(out_dir, exist_ok=True)
-    speeds = [learning_speed(r, subset) for r in col.runs]
+    speeds = []
+    for r in col.runs:
+        s = learning_speed(r, subset)
+        s["seed"] = ((r.cfg or {}).get("common") or {}).get("seed")
+        speeds.append(s)
     eval_names = unique_names([p for p, _ in col.evals])
     results = [result_row(p, m, n) for (p, m), n in zip(col.evals, eval_names)]
+    groups = eval_groups(results, seed_key, group_by)
+    group_rows = [row for _, row in groups]
+    lgroups = learning_groups(speeds, seed_key)
+    comps = comparisons(groups, results, pairs, alpha, permutations)
     files: Dict[str, str] = {}
+    for name, rows, cols in (("results.csv", results, RESULT_COLUMNS), ("learning.csv", speeds, LEARNING_COLUMNS),
+                             ("seed_groups.csv", group_rows, GROUP_COLUMNS),
+                             ("learning_groups.csv", lgroups, LEARNING_GROUP_COLUMNS),
+                             ("comparisons.csv", comps, seeds.COMPARISON_COLUMNS)):
+        write_csv(os.path.join(out_dir, name), rows, cols)
+        files[name.replace(".", "_")] = name
+    skipped, confusion = draw(out_dir, files, lgroups, groups, plot)
 
-    write_csv(os.path.join(out_dir, "results.csv"), results, RESULT_COLUMNS)
-    write_csv(os.path.join(out_dir, "learning.csv"), speeds, LEARNING_COLUMNS)
-    files.update(results_csv="results.csv", learning_csv="learning.csv")
-    if speeds:
-        plot_losses(speeds, os.path.join(out_dir, "loss.png"))
-        plot_valid_f1(speeds, os.path.join(out_dir, "valid_f1.png"))
-        files.update(loss_png="loss.png", valid_f1_png="valid_f1.png")
-    confusion = {}
-    for (p, m), r in zip(col.evals, results):
-        if m.get("confusion_matrix"):
-            fname = f"confusion_{_safe(r['name'])}.png"
-            plot_confusion(m, f"{r['name']}: {r['model_task']} ckpt on {r['task']} {r['split']}",
-                           os.path.join(out_dir, fname))
-            confusion[r["name"]] = fname
-    if plot_f1_vs_shots(speeds, results, os.path.join(out_dir, "f1_vs_shots.png")):
-        files["f1_vs_shots_png"] = "f1_vs_shots.png"
-
-    md = ["# xmodal report", "", "## Evaluations (percent; metrics = slue or legacy)", "",
+    md = ["# xmodal report", "",
+          "## Conditions over seeds (percent; interval: 95% t over seeds, or the bootstrap interval of one seed)", "",
+          markdown_table(group_rows, [c for c in GROUP_COLUMNS if not c.endswith(("_lo", "_hi")) or c[:-3] == "f1"])
+          if group_rows else "(none)\n",
+          f"## Comparisons (macro-F1 difference A - B, alpha = {alpha:g})", "",
+          markdown_table(comps, seeds.COMPARISON_COLUMNS) if comps else "(none)\n",
+          "## Evaluations (percent; metrics = slue or legacy)", "",
           markdown_table(results, RESULT_COLUMNS[:-1]) if results else "(none)\n",
           "## Training runs (validation from the training logs; F1 in percent)", "",
+          markdown_table(lgroups, LEARNING_GROUP_COLUMNS) if lgroups else "(none)\n",
           markdown_table(speeds, LEARNING_COLUMNS[:-1],
-                         scale={"best_valid_macro_f1": 100, "last_valid_macro_f1": 100}) if speeds else "(none)\n"]
+                         scale={"best_valid_macro_f1": 100, "last_valid_macro_f1": 100}) if speeds else ""]
     for key in ("loss_png", "valid_f1_png", "f1_vs_shots_png"):
         if key in files:
             md += [f"![{key[:-4]}]({files[key]})", ""]
     for name, fname in confusion.items():
         md += [f"![confusion {name}]({fname})", ""]
+    if skipped:
+        md += ["## Figures not drawn", ""] + [f"- {k}: {why}" for k, why in skipped.items()] + [""]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(md))
-    report = {"format": "fairseq_xmodal.report/1", "results": results, "learning": speeds,
+    report = {"format": "fairseq_xmodal.report/2", "results": results, "learning": speeds,
+              "seed_groups": group_rows, "learning_groups": [{k: v for k, v in g.items() if k != "curves"}
+                                                             for g in lgroups],
+              "comparisons": comps, "figures_not_drawn": skipped,
               "files": {**files, "report_md": "report.md", "confusion_png": confusion}}
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
     return report
+
+
+def draw(out_dir, files, lgroups, groups, plot: bool):
+    """All figures -> (figures not drawn with the reason, {group: confusion png})."""
+    skipped: Dict[str, str] = {}
+    confusion: Dict[str, str] = {}
+    if not plot:
+        return {"all figures": "--no-plots"}, confusion
+    for key, fn, why_none in (("loss.png", plots.plot_losses, "no training log"),
+                              ("valid_f1.png", plots.plot_valid_f1, "no training log")):
+        why = fn(lgroups, os.path.join(out_dir, key)) if lgroups else why_none
+        files[key.replace(".", "_")] = key
+        if why:
+            skipped[key] = why
+            del files[key.replace(".", "_")]
+    why = plots.plot_f1_vs_shots(lgroups, [row for _, row in groups], os.path.join(out_dir, "f1_vs_shots.png"))
+    if why:
+        skipped["f1_vs_shots.png"] = why
+    else:
+        files["f1_vs_shots_png"] = "f1_vs_shots.png"
+    for g, row in groups:
+        mats = [json.load(open(r["source"])).get("confusion_matrix") for r in g.rows]
+        if not all(mats):
+            skipped[f"confusion {g.condition}"] = "no gold labels on this split"
+            continue
+        counts = [[sum(m["counts"][i][j] for m in mats) for j in range(len(mats[0]["labels"]))]
+                  for i in range(len(mats[0]["labels"]))]
+        unique = sum(h.condition == g.condition for h, _ in groups) == 1
+        fname = "confusion_" + plots.safe_name(g.condition if unique else f"{g.condition}_{row['task']}_{row['split']}")
+        fname += ".png"
+        summed = f", summed over {g.n} seeds" if g.n > 1 else ""
+        plots.plot_confusion(counts, mats[0]["labels"], f"{g.condition}: {row['model_task']} ckpt on {row['task']} "
+                             f"{row['split']}{summed}", os.path.join(out_dir, fname))
+        confusion[g.condition if unique else f"{g.condition} ({row['task']} {row['split']})"] = fname
+    return skipped, confusion

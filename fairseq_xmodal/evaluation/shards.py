@@ -31,7 +31,9 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 
 def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Predictions, labels: List[str],
-                head: Dict[str, Any], evaluation: Dict[str, Any], legacy: bool, majority_threshold: float) -> None:
+                head: Dict[str, Any], evaluation: Dict[str, Any], legacy: bool, majority_threshold: float,
+                ci: Tuple[float, int, int]) -> None:
+    """ci: (level, resamples, seed) of the bootstrap intervals, so that the merge computes the same ones."""
     gold = np.asarray(pred.gold if pred.gold is not None else [-1] * len(pred.ids), dtype=np.int64)
     tmp = os.path.join(out_dir, "shard.tmp.npz")
     np.savez(tmp, rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
@@ -39,7 +41,8 @@ def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Pre
     os.replace(tmp, os.path.join(out_dir, "shard.npz"))
     atomic_write_json({"format": SHARD_FORMAT, "index": shard[0], "count": shard[1], "split_rows": split_rows,
                        "has_gold": pred.gold is not None, "labels": list(labels), "head": head,
-                       "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold},
+                       "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold,
+                       "ci": list(ci)},
                       os.path.join(out_dir, "shard.json"))
 
 
@@ -68,7 +71,7 @@ def merge(shard_dirs: Sequence[str], out_dir: str, overwrite: bool = False) -> D
     if not shards:
         raise EvaluationError("--merge needs the shard folders")
     first, _ = shards[0]
-    same = ("count", "split_rows", "has_gold", "labels", "evaluation", "legacy_metrics", "majority_threshold")
+    same = ("count", "split_rows", "has_gold", "labels", "evaluation", "legacy_metrics", "majority_threshold", "ci")
     for (meta, _), d in zip(shards, shard_dirs):
         other = {k: meta.get(k) for k in same}, {k: v for k, v in meta["head"].items() if k != "rows"}
         if other != ({k: first.get(k) for k in same}, {k: v for k, v in first["head"].items() if k != "rows"}):
@@ -91,7 +94,8 @@ def merge(shard_dirs: Sequence[str], out_dir: str, overwrite: bool = False) -> D
     pred = Predictions([str(x) for x in ids], gold.tolist() if first["has_gold"] else None,
                        probs.argmax(axis=1).tolist(), probs)
     result = {**first["head"], "rows": n,
-              **compute_metrics(pred, first["labels"], first["legacy_metrics"], first["majority_threshold"]),
+              **compute_metrics(pred, first["labels"], first["legacy_metrics"], first["majority_threshold"],
+                                 *first["ci"]),
               "evaluation": first["evaluation"]}
     os.makedirs(out_dir, exist_ok=True)
     write_predictions(targets[0], pred, first["labels"])

@@ -4,59 +4,14 @@
 Shapes: B batch, S audio samples, T frames/tokens, D model dim, H heads, K = 2 * max_relative_position.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-def gelu_fp32(x: torch.Tensor) -> torch.Tensor:
-    # The official code computes exact (erf) GELU in fp32, also under fp16 training.
-    return F.gelu(x.float()).type_as(x)
-
-
-class Fp32GroupNorm(nn.GroupNorm):
-    def forward(self, x):
-        out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
-        return out.type_as(x)
-
-
-class GeluModule(nn.Module):
-    def forward(self, x):
-        return gelu_fp32(x)
-
-
-class ConvFeatureExtractor(nn.Module):
-    """wav2vec2 "default" extractor: conv (no bias) -> dropout(0) -> [GroupNorm, layer 0 only] -> GELU."""
-
-    def __init__(self, layers: List[Tuple[int, int, int]]):
-        super().__init__()
-        self.conv_layers = nn.ModuleList()
-        in_dim = 1
-        for i, (dim, kernel, stride) in enumerate(layers):
-            block = [nn.Conv1d(in_dim, dim, kernel, stride=stride, bias=False), nn.Dropout(0.0)]
-            if i == 0:
-                block.append(Fp32GroupNorm(dim, dim, affine=True))
-            block.append(GeluModule())
-            self.conv_layers.append(nn.Sequential(*block))
-            in_dim = dim
-        self.layers = layers
-        self.checkpoint_activations = False  # set from the model config by SpeechEncoderPrenet
-
-    def forward(self, source: torch.Tensor) -> torch.Tensor:  # [B,S] -> [B,C,T]
-        x = source.unsqueeze(1)
-        ckpt = self.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for conv in self.conv_layers:
-            # checkpointed: each block keeps only its input; conv output and GroupNorm output are recomputed
-            x = checkpoint(conv, x, use_reentrant=False) if ckpt else conv(x)
-        return x
-
-    def num_frames(self, num_samples: int) -> int:
-        for _, kernel, stride in self.layers:
-            num_samples = (num_samples - kernel) // stride + 1
-        return num_samples
+from .conv_features import ConvFeatureExtractor, GeluModule, conv_lengths, frame_padding_mask, gelu_fp32  # noqa: F401
 
 
 class GradMultiply(torch.autograd.Function):
@@ -94,15 +49,6 @@ def sinusoidal_positions(non_pad: torch.Tensor, dim: int) -> torch.Tensor:
     return emb * non_pad.unsqueeze(-1).to(emb.dtype)
 
 
-def frame_padding_mask(sample_mask: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Official rule (not the conv-length formula): drop S % T trailing samples, split the rest into T equal chunks,
-    a frame is padding only if all its samples are. [B,S] -> [B,T], True = pad."""
-    extra = sample_mask.size(1) % num_frames
-    if extra > 0:
-        sample_mask = sample_mask[:, :-extra]
-    return sample_mask.view(sample_mask.size(0), num_frames, -1).all(-1)
-
-
 class SpeechEncoderPrenet(nn.Module):
     """waveform -> conv features -> LN -> proj -> dropout -> [time mask] -> + conv positions -> + sinusoid."""
 
@@ -116,6 +62,7 @@ class SpeechEncoderPrenet(nn.Module):
         self.post_extract_proj = nn.Linear(conv_dim, dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.feature_grad_mult = cfg.feature_grad_mult
+        self.feature_padding = cfg.feature_padding
         self.mask_prob, self.mask_length = cfg.mask_prob, cfg.mask_length
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         conv = nn.Conv1d(dim, dim, cfg.conv_pos, padding=cfg.conv_pos // 2, groups=cfg.conv_pos_groups)
@@ -127,21 +74,35 @@ class SpeechEncoderPrenet(nn.Module):
         self.pos_conv = nn.Sequential(conv, SamePad(cfg.conv_pos), GeluModule())
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
-        """source [B,S] float, padding_mask [B,S] True=pad -> (x [B,T,D], frame padding mask [B,T])."""
+        """source [B,S] float, padding_mask [B,S] True=pad -> (x [B,T,D], frame padding mask [B,T]).
+
+        feature_padding=official: the first GroupNorm, pos_conv and the frame mask see the zero padding as the
+        official code does (a row's output depends on the batch). masked: statistics over each row's real samples,
+        padded frames zeroed before pos_conv, frame mask from the conv lengths: every row equals the utterance alone.
+        Without padding both modes compute the same thing."""
+        lengths = None
+        if self.feature_padding == "masked" and padding_mask is not None and padding_mask.any():
+            lengths = (~padding_mask).sum(1)  # [B]; speech batches are right-padded
         if self.feature_grad_mult > 0:
-            feats = self.feature_extractor(source)
+            feats = self.feature_extractor(source, lengths)
             if self.feature_grad_mult != 1.0:
                 feats = GradMultiply.apply(feats, self.feature_grad_mult)
         else:
             with torch.no_grad():
-                feats = self.feature_extractor(source)
+                feats = self.feature_extractor(source, lengths)
         x = self.layer_norm(feats.transpose(1, 2))  # [B,T,C]
         if padding_mask is None:
             padding_mask = torch.zeros(source.shape, dtype=torch.bool, device=source.device)
-        frame_mask = frame_padding_mask(padding_mask, x.size(1))
+        if lengths is not None:
+            frames = conv_lengths(lengths, self.feature_extractor.layers)
+            frame_mask = torch.arange(x.size(1), device=x.device)[None, :] >= frames[:, None]  # [B,T] True=pad
+        else:
+            frame_mask = frame_padding_mask(padding_mask, x.size(1))
         x = self.dropout(self.post_extract_proj(x))
         if self.training and self.mask_prob > 0:
             x = self._mask_time(x, frame_mask)
+        if lengths is not None:  # pos_conv of the utterance alone sees zeros (its conv padding) past the end
+            x = x.masked_fill(frame_mask.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         x = x + sinusoidal_positions(~frame_mask, x.size(-1)).to(x.dtype)
         return x, frame_mask

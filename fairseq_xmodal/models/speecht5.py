@@ -45,6 +45,14 @@ class SpeechT5Config(FairseqDataclass):
     feature_grad_mult: float = field(
         default=1.0, metadata={"help": "gradient scale into the conv feature extractor; 0 freezes it (no_grad)"}
     )
+    feature_padding: ChoiceEnum(["masked", "official"]) = field(
+        default="masked",
+        metadata={"help": "speech rows of a zero-padded batch. masked: the first conv GroupNorm normalises over each "
+                          "utterance's real samples, padded frames are zeroed before pos_conv and the frame mask comes "
+                          "from the conv lengths, so a row's output equals the utterance alone (batch-size "
+                          "independent). official: the official code's behaviour (statistics over the padding too). "
+                          "Identical without padding"},
+    )
     mask_prob: float = field(default=0.0, metadata={"help": "training-time probability of masking a frame span"})
     mask_length: int = field(default=10, metadata={"help": "length of a masked frame span"})
     checkpoint_activations: bool = field(

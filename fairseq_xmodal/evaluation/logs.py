@@ -1,0 +1,240 @@
+"""fairseq training logs -> per-epoch train/valid statistics and the run config, and learning speed (updates until
+predictions stop being single-label).
+
+Log parsing reads fairseq's end-of-epoch lines in every format fairseq writes them:
+  hydra, simple:  [time][valid][INFO] - epoch 003 | valid on 'valid' subset | loss 1.584 | accuracy 0.3333 | ...
+                  [time][train][INFO] - epoch 003 | loss 1.584 | ...
+  hydra, json:    [time][valid][INFO] - {"epoch": 3, "valid_loss": "1.584", ...}
+  fairseq-train:  2024-01-01 10:00:00 | INFO | valid | epoch 003 | valid on 'valid' subset | loss 1.584 | ...
+and the config dict fairseq_cli.train logs at start (task, train_subset, finetune_from_model). Per-update
+`train_inner` lines are ignored. A later line for the same (subset, epoch) replaces an earlier one (resumed runs).
+"""
+import ast
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .evaluate import describe_init_file
+
+LOG_NAMES = ("hydra_train.log", "train.log")
+HYDRA_LINE = re.compile(r"^\[[^\]]*\]\[(?P<tag>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
+PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| (?P<level>[A-Z]+) \| (?P<tag>[^|]+?) \| (?P<msg>.*)$")
+VALID_ON = re.compile(r"^valid on '(?P<subset>[^']+)' subset$")
+EPOCH = re.compile(r"^epoch (?P<epoch>\d+)$")
+SHOTS = re.compile(r"(?:^|\.)k(\d+)(?:\.|$)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Log parsing
+
+
+@dataclass
+class LogRecord:
+    kind: str  # "train" | "valid" | "config"
+    subset: Optional[str]
+    epoch: Optional[int]
+    stats: Dict[str, Any]
+
+
+def _value(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    s = text.strip()
+    try:
+        return int(s) if re.fullmatch(r"[-+]?\d+", s) else float(s)
+    except ValueError:
+        return s
+
+
+def parse_log_line(line: str) -> Optional[LogRecord]:
+    """One log line -> an end-of-epoch train/valid record, the run config, or None."""
+    line = line.rstrip("\n")
+    m = HYDRA_LINE.match(line) or PLAIN_LINE.match(line)
+    if not m:
+        return None
+    tag, msg = m.group("tag").strip(), m.group("msg")
+    if tag == "train_inner":
+        return None
+    if msg.startswith("{'_name'"):
+        cfg = _literal_dict(msg)
+        return LogRecord("config", None, None, cfg) if cfg is not None else None
+    if msg.startswith("{"):
+        return _parse_json(tag, msg)
+    return _parse_simple(tag, msg)
+
+
+class _BareNamesToStrings(ast.NodeTransformer):
+    """fairseq's config repr prints enum choices unquoted (`'long_utterances': error`); read them as strings."""
+
+    def visit_Name(self, node):
+        return ast.copy_location(ast.Constant(node.id), node)
+
+
+def _literal_dict(text: str) -> Optional[Dict[str, Any]]:
+    """A python dict repr -> dict, without running code (literal_eval of a parsed, sanitised tree)."""
+    try:
+        tree = _BareNamesToStrings().visit(ast.parse(text, mode="eval"))
+        value = ast.literal_eval(tree.body)
+    except (ValueError, SyntaxError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_json(tag: str, msg: str) -> Optional[LogRecord]:
+    try:
+        d = json.loads(msg)
+    except ValueError:
+        return None
+    prefix = tag + "_"
+    if not isinstance(d, dict) or prefix + "loss" not in d:
+        return None
+    stats = {k[len(prefix):]: _value(v) for k, v in d.items() if k.startswith(prefix)}
+    epoch = d.get("epoch")
+    kind = "train" if tag == "train" else "valid"
+    return LogRecord(kind, None if kind == "train" else tag, int(epoch) if epoch is not None else None, stats)
+
+
+def _parse_simple(tag: str, msg: str) -> Optional[LogRecord]:
+    parts = [p.strip() for p in msg.split(" | ")]
+    m = EPOCH.match(parts[0])
+    if not m or len(parts) < 2:
+        return None
+    v = VALID_ON.match(parts[1])
+    if v:
+        kind, subset, rest = "valid", v.group("subset"), parts[2:]
+    elif tag == "train":
+        kind, subset, rest = "train", None, parts[1:]
+    else:
+        return None
+    stats = {}
+    for p in rest:
+        key, _, val = p.partition(" ")
+        if key:
+            stats[key] = _value(val)
+    return LogRecord(kind, subset, int(m.group("epoch")), stats)
+
+
+@dataclass
+class RunLog:
+    path: str
+    name: str
+    cfg: Optional[Dict[str, Any]] = None
+    train: Dict[int, Dict[str, Any]] = field(default_factory=dict)  # epoch -> stats
+    valid: Dict[str, Dict[int, Dict[str, Any]]] = field(default_factory=dict)  # subset -> epoch -> stats
+
+    def _cfg(self, section: str, key: str):
+        return ((self.cfg or {}).get(section) or {}).get(key)
+
+    @property
+    def task(self) -> Optional[str]:
+        return self._cfg("task", "_name")
+
+    @property
+    def train_subset(self) -> Optional[str]:
+        return self._cfg("dataset", "train_subset")
+
+    @property
+    def shots(self) -> Optional[int]:
+        return shots_of(self.train_subset)
+
+    @property
+    def init(self) -> str:
+        if self.cfg is None:
+            return "?"  # the log has no config line: say so rather than guess "scratch"
+        path = self._cfg("checkpoint", "finetune_from_model")
+        restore = self._cfg("checkpoint", "restore_file")
+        if not path and restore and os.path.basename(restore) != "checkpoint_last.pt":
+            path = restore
+        return describe_init_file(path) if path else "scratch"
+
+    @property
+    def valid_subsets(self) -> List[str]:
+        configured = [s for s in str(self._cfg("dataset", "valid_subset") or "").split(",") if s]
+        return [s for s in configured if s in self.valid] + [s for s in self.valid if s not in configured]
+
+
+def shots_of(train_subset: Optional[str]) -> Optional[int]:
+    m = SHOTS.search(train_subset or "")
+    return int(m.group(1)) if m else None
+
+
+def on_shots_axis(train_subset: Optional[str]) -> bool:
+    """k-shot splits (`train.k8`) and whole training splits (`train`, `fine-tune`); not balanced variants, and not the
+    report's `none (transferred)` / `none (imported)` of an untrained checkpoint (split names have no spaces)."""
+    if not train_subset or " " in train_subset or train_subset == "?":
+        return False
+    return shots_of(train_subset) is not None or "." not in train_subset
+
+
+def parse_training_log(path: str, name: Optional[str] = None) -> RunLog:
+    run = RunLog(path=os.path.abspath(path), name=name or os.path.basename(os.path.dirname(os.path.abspath(path))))
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            rec = parse_log_line(line)
+            if rec is None:
+                continue
+            if rec.kind == "config":
+                run.cfg = rec.stats
+            elif rec.kind == "train" and rec.epoch is not None:
+                run.train[rec.epoch] = rec.stats
+            elif rec.kind == "valid" and rec.epoch is not None:
+                run.valid.setdefault(rec.subset, {})[rec.epoch] = rec.stats
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learning speed
+
+
+def single_label(stats: Dict[str, Any], tol: float = 1e-4) -> Optional[bool]:
+    """Were all predictions of this validation one label? From the logged per-class recall_*, None if not logged.
+
+    One recall is 1 and the others 0 is necessary. With accuracy and macro_precision logged it is also sufficient:
+    then precision is 0 for every other class, and macro_precision == accuracy / n_classes exactly when that label
+    was predicted for every row (up to the log's 4-decimal rounding, `tol`)."""
+    recalls = [float(v) for k, v in stats.items() if k.startswith("recall_") and isinstance(v, (int, float))]
+    if not recalls:
+        return None
+    pattern = sorted(recalls) == [0.0] * (len(recalls) - 1) + [1.0]
+    if not pattern:
+        return False
+    acc, prec = stats.get("accuracy"), stats.get("macro_precision")
+    if isinstance(acc, (int, float)) and isinstance(prec, (int, float)):
+        return abs(float(prec) - float(acc) / len(recalls)) <= tol
+    return True
+
+
+def learning_speed(run: RunLog, subset: Optional[str] = None) -> Dict[str, Any]:
+    """Per-epoch validation curve and the update at which predictions stop being single-label."""
+    subsets = run.valid_subsets
+    subset = subset or (subsets[0] if subsets else None)
+    curve = []
+    for epoch in sorted(set(run.train) | set(run.valid.get(subset, {}))):
+        v, t = run.valid.get(subset, {}).get(epoch, {}), run.train.get(epoch, {})
+        curve.append({"epoch": epoch, "num_updates": v.get("num_updates", t.get("num_updates")),
+                      "train_loss": t.get("loss"), "valid_loss": v.get("loss"),
+                      "valid_accuracy": v.get("accuracy"), "valid_macro_f1": v.get("macro_f1"),
+                      "single_label": single_label(v) if v else None})
+    judged = [c for c in curve if c["single_label"] is not None]
+    first = next((c for c in judged if not c["single_label"]), None)
+    stable = None
+    for i, c in enumerate(judged):  # first validation after which predictions never collapse again
+        if all(not d["single_label"] for d in judged[i:]):
+            stable = c
+            break
+    scored = [c for c in curve if isinstance(c["valid_macro_f1"], (int, float))]
+    best = max(scored, key=lambda c: c["valid_macro_f1"]) if scored else None
+    last = curve[-1] if curve else {}
+    return {"run": run.name, "log": run.path, "task": run.task, "train_subset": run.train_subset,
+            "shots": run.shots, "init": run.init, "valid_subset": subset,
+            "epochs": len(curve), "num_updates": last.get("num_updates"),
+            "first_multi_label_update": first["num_updates"] if first else None,
+            "first_multi_label_epoch": first["epoch"] if first else None,
+            "stable_multi_label_update": stable["num_updates"] if stable else None,
+            "stable_multi_label_epoch": stable["epoch"] if stable else None,
+            "best_valid_macro_f1": best["valid_macro_f1"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "last_valid_macro_f1": scored[-1]["valid_macro_f1"] if scored else None,
+            "curve": curve}
