@@ -154,6 +154,13 @@ def checkpoint_is_complete(path: str) -> bool:
         return False
 
 
+def newest_complete_checkpoint(save_dir: str, exclude: str = "checkpoint_last.pt") -> Optional[str]:
+    """The most recently written complete `checkpoint*.pt` of save_dir other than `exclude`, or None."""
+    skip = os.path.join(save_dir, exclude)
+    candidates = [p for p in glob.glob(os.path.join(glob.escape(save_dir), "checkpoint*.pt")) if p != skip]
+    return max((p for p in candidates if checkpoint_is_complete(p)), key=os.path.getmtime, default=None)
+
+
 def repair_last_checkpoint(save_dir: str, last_name: str = "checkpoint_last.pt") -> Optional[str]:
     """Make `checkpoint_last.pt` the newest complete checkpoint before fairseq resumes from it.
 
@@ -163,9 +170,7 @@ def repair_last_checkpoint(save_dir: str, last_name: str = "checkpoint_last.pt")
     complete `checkpoint*.pt` holds the state fairseq meant to save, so it is copied (atomically) to checkpoint_last.pt.
     Returns a description of what was done, or None when nothing was needed."""
     last = os.path.join(save_dir, last_name)
-    candidates = [p for p in glob.glob(os.path.join(glob.escape(save_dir), "checkpoint*.pt")) if p != last]
-    complete = [p for p in candidates if checkpoint_is_complete(p)]
-    newest = max(complete, key=os.path.getmtime, default=None)
+    newest = newest_complete_checkpoint(save_dir, exclude=last_name)
     last_exists = os.path.exists(last)
     last_ok = last_exists and checkpoint_is_complete(last)
     if last_ok and (newest is None or os.path.getmtime(newest) <= os.path.getmtime(last)):

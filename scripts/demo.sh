@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 step() { printf '\n=== %s\n' "$*"; }
 
 step "1. A tiny SpeechT5 checkpoint in the official format (stands in for speecht5_base.pt) + its vocabulary"
-xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED"
+xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED" --overwrite
 
 step "2. A SLUE-VoxCeleb-format corpus spoken by espeak-ng"
 xmodal-make-demo-corpus --out "$OUT/slue-voxceleb" --seed "$SEED" --overwrite
@@ -24,7 +24,7 @@ xmodal-prep-slue --slue-dir "$OUT/slue-voxceleb" --out "$OUT/data" --spm "$OUT/p
 step "4. Import the pretrained checkpoint for s2c and t2c (strict, with a report)"
 for task in s2c t2c; do
   xmodal-import-official --checkpoint "$OUT/pretrained/speecht5_base.pt" --task $task --data "$OUT/data" \
-    --out "$OUT/init/$task.pt"
+    --out "$OUT/init/$task.pt" --seed "$SEED" --overwrite
 done
 
 train() {  # train <task> <run name> <init checkpoint> <train split> [overrides...]
@@ -68,7 +68,7 @@ for k in 4 8; do
 done
 
 step "9. Report: table (markdown + CSV) and plots"
-xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" > "$OUT/logs/report.log"
+xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" --overwrite > "$OUT/logs/report.log"
 sed '/^!\[/d' "$OUT/report/report.md" | cat -s
 python3 - "$OUT/data/dev.sent" "$OUT/evals" <<'PY'
 import collections, json, os, sys

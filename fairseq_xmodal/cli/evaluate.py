@@ -10,6 +10,7 @@ import sys
 
 from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
 from .transfer import parse_task_args
+from .errors import EXPECTED, console_main, one_line
 
 
 def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
@@ -18,6 +19,7 @@ def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
                         f"{stem}.{task}.{os.path.basename(os.path.normpath(data))}.{split}")
 
 
+@console_main("xmodal-evaluate")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-evaluate", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="fairseq_xmodal checkpoint (trained, transferred or imported)")
@@ -42,8 +44,8 @@ def main(argv=None):
                                 out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                 legacy_metrics=args.legacy_metrics, cpu=args.cpu,
                                 task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-evaluate: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(summary_line(m))
     for w in m["warnings"]:

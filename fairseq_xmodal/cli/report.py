@@ -10,19 +10,24 @@ import os
 import sys
 
 from ..evaluation.report import build_report
+from .errors import EXPECTED, console_main, one_line
 
 
+@console_main("xmodal-report")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-report", description=__doc__)
     p.add_argument("paths", nargs="+", help="run folders, evaluation folders, metrics.json files, or parents of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--subset", default=None,
                    help="validation subset for the learning curves (default: the run's first valid_subset)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     args = p.parse_args(argv)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists and is not empty; choose another --out or pass --overwrite")
     try:
         report = build_report(args.paths, args.out, args.subset)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-report: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-report: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{len(report['results'])} evaluations, {len(report['learning'])} training runs")
     for s in report["learning"]:

@@ -17,6 +17,8 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from fairseq_xmodal import sweeps
+from fairseq_xmodal.checkpoints import atomic_write_text
+from .errors import console_main, refuse_existing
 
 FIRST = ["job", "status"]
 LAST = ["num_updates", "max_update", "wall_s", "attempts", "requeues", "resumed_at", "overrides", "error", "path"]
@@ -100,6 +102,7 @@ def to_markdown(rows: List[Dict[str, Any]], cols: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@console_main("xmodal-sweep-table")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="xmodal-sweep-table", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,7 +121,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--columns", help="comma-separated columns to keep (default: all)")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --markdown/--csv files")
     args = parser.parse_args(argv)
+    for option, path in (("--markdown", args.markdown), ("--csv", args.csv)):
+        if path:
+            refuse_existing(path, args.overwrite, option=option)
 
     rows = collect(args.sweep_dirs, args.stale_minutes)
     if not rows:
@@ -137,8 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(markdown if args.format == "markdown" else table_csv)
     for path, text in ((args.markdown, markdown), (args.csv, table_csv)):
         if path:
-            with open(path, "w") as f:
-                f.write(text)
+            atomic_write_text(text, path)
     return 0
 
 
