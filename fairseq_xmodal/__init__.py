@@ -1,14 +1,14 @@
 """fairseq-xmodal: SpeechT5 speech (s2c) and text (t2c) classifiers and cross-modal transfer, as a fairseq user-dir.
 
 Importing the package registers tasks `s2c` and `t2c`, models `speecht5_base` / `speecht5_tiny`, the criteria
-`xmodal_classification` and `xmodal_mona`, makes fairseq's checkpoint loading safe (safe_load.py), and registers the
-OmegaConf resolvers `${xmodal_user_dir:}` (config/*.yaml use it for `common.user_dir`) and `${xmodal_transplanted:}`.
+`xmodal_classification` and `xmodal_mona`, makes fairseq's checkpoint loading safe (safe_load.py) and checked
+before training starts from a checkpoint (training_guard.py), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (config/*.yaml use it for `common.user_dir`) and `${xmodal_transplanted:}`.
 """
 import os
 
 from omegaconf import OmegaConf
 
-from . import safe_load
+from . import safe_load, training_guard
 from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401
@@ -16,6 +16,7 @@ from .tasks import s2c, t2c  # noqa: F401
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 safe_load.install()
+training_guard.install()
 if hasattr(OmegaConf, "register_new_resolver"):  # omegaconf >= 2.1
     if not OmegaConf.has_resolver("xmodal_user_dir"):
         OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)

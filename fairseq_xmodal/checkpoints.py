@@ -5,7 +5,7 @@ import errno
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from fairseq import tasks
@@ -85,6 +85,38 @@ def atomic_write_text(text: str, path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_together(writers: Dict[str, Callable[[str], None]]):
+    """{target path: fn(tmp path) that writes it}: every target is replaced, or (on any error, e.g. a full disk)
+    none is and the previous files are back; no temp or backup file is left behind either way."""
+    temps: Dict[str, str] = {}
+    backups: Dict[str, str] = {}
+    placed: List[str] = []
+    try:
+        for target, write in writers.items():
+            fd, tmp = _mkstemp_beside(target)
+            os.close(fd)
+            temps[target] = tmp
+            write(tmp)
+        for target in writers:
+            if os.path.exists(target):
+                backups[target] = f"{temps[target]}.old"
+                os.replace(target, backups[target])
+        for target in writers:
+            os.replace(temps[target], target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            os.remove(target)
+        for target, old in backups.items():
+            os.replace(old, target)
+        backups.clear()
+        raise
+    finally:
+        for path in list(temps.values()) + list(backups.values()):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def atomic_write_json(obj, path: str):

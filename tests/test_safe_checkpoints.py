@@ -12,22 +12,10 @@ import torch
 from fairseq import checkpoint_utils
 
 from conftest import run_cli
+from refusals import assert_refused
 from fairseq_xmodal.checkpoints import load_state
 from fairseq_xmodal.models.conv_spec import ConvSpecError, parse_conv_layers
 from fairseq_xmodal.safe_load import CheckpointError, UnsafeCheckpointError
-
-
-def assert_refused(proc, path, *words):
-    """Exit 2, exactly one stderr line, naming `path`, no traceback."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln
-             and not ln.startswith(("INFO:", "WARNING:"))]
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1, lines
-    assert str(path) in lines[0], lines[0]
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def payload(marker) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state, make_cfg
+from ..checkpoints import atomic_write_json, load_state, make_cfg, write_together
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 
@@ -203,14 +203,12 @@ def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
 
 
 def write_predictions(path: str, pred: Predictions, labels: List[str]):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["id", "gold", "predicted"] + [f"p_{lab}" for lab in labels])
         for i, uid in enumerate(pred.ids):
             gold = labels[pred.gold[i]] if pred.gold is not None else ""
             w.writerow([uid, gold, labels[pred.pred[i]]] + [f"{p:.6f}" for p in pred.probs[i]])
-    os.replace(tmp, path)
 
 
 def checkpoint_info(state: Dict[str, Any], path: str) -> Dict[str, Any]:
@@ -282,8 +280,9 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
               "evaluation": {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
                              "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}}
     os.makedirs(out_dir, exist_ok=True)
-    write_predictions(targets[0], pred, labels)
-    atomic_write_json(result, targets[1])
+    # both files or neither: a metrics.json must never describe other predictions than the predictions.tsv beside it
+    write_together({targets[0]: lambda tmp: write_predictions(tmp, pred, labels),
+                    targets[1]: lambda tmp: atomic_write_json(result, tmp)})
     return result
 
 
