@@ -5,10 +5,10 @@ utterance out of its raw clip -> optionally carve `valid` out of fine-tune -> ba
 training split -> write everything into `<out>.tmp-<pid>` and rename it into place. See docs/data_prep.md.
 """
 import argparse
-import concurrent.futures
 import datetime
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -19,6 +19,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 import soundfile as sf
+
+from fairseq_xmodal.text_vocab import unencodable_chars
+
+from .process_control import Interrupted, available_cpus, stale_temp_folders, stop_on_signals, worker_init
 
 SAMPLE_RATE = 16000
 BASE_CLASSES = ("Negative", "Neutral", "Positive")
@@ -46,17 +50,38 @@ class DataPrepError(Exception):
         super().__init__(msg)
 
 
-class Rejects:
-    """Collects bad rows: raises at the first one, or (skip_bad) records it for rejected.tsv and lets it be dropped."""
+SKIP_BAD_HINT = "or pass --skip-bad to leave bad rows out (they are listed in <out>/rejected.tsv)"
 
-    def __init__(self, skip_bad: bool = False):
-        self.skip_bad = skip_bad
+
+class Rejects:
+    """Collects bad rows. With skip_bad they are recorded for rejected.tsv and dropped; without, every bad row of the
+    run is collected and `raise_if_any` reports them together (up to `cap`, with the count), so one run shows them
+    all."""
+
+    def __init__(self, skip_bad: bool = False, cap: int = 20):
+        self.skip_bad, self.cap = skip_bad, cap
         self.rows: List[dict] = []
+        self.errors: List[DataPrepError] = []
 
     def add(self, split: str, file: str, line: int, uid: str, reason: str, fix: str) -> None:
         if not self.skip_bad:
-            raise DataPrepError(f"id {uid!r}: {reason}" if uid else reason, file, line, fix)
+            self.errors.append(DataPrepError(f"id {uid!r}: {reason}" if uid else reason, file, line, fix))
+            return
         self.rows.append({"split": split, "file": file, "line": line, "id": uid, "reason": reason})
+
+    def raise_if_any(self) -> None:
+        errors, n = self.errors, len(self.errors)
+        if not n:
+            return
+        if n == 1:
+            e = errors[0]
+            raise DataPrepError(e.reason, e.file, e.line, f"{e.fix}; {SKIP_BAD_HINT}")
+        files = sorted({e.file for e in errors if e.file})
+        shown = "\n".join(f"  {e.args[0].splitlines()[0]}" for e in errors[: self.cap])
+        more = f"\n  ... and {n - self.cap} more" if n > self.cap else ""
+        fixes = "; ".join(dict.fromkeys(e.fix for e in errors if e.fix))
+        raise DataPrepError(f"{n} bad rows in {', '.join(files)}{' (first ' + str(self.cap) + ' shown)' if n > self.cap else ''}:"
+                            f"\n{shown}{more}", fix=f"{fixes}; {SKIP_BAD_HINT}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,9 +91,12 @@ class Rejects:
 def read_slue_tsv(path: str, split: str, required: Sequence[str], rejects: Rejects) -> pd.DataFrame:
     """The tsv as a table of strings (only the columns we use) plus `line`, its 1-based line number in the file."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a UTF-8 byte-order mark is not a column
             text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise DataPrepError(f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})", path,
+                            None, "re-save the tsv as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OSError as e:
         raise DataPrepError(f"cannot read the file ({e})", path, None,
                             "point --slue-dir at the unpacked slue-voxceleb folder (UTF-8 tsvs)") from e
     lines = text.split("\n")
@@ -128,8 +156,10 @@ def filter_labels(df: pd.DataFrame, classes: Sequence[str] = BASE_CLASSES, drop:
     A label that is neither a class nor dropped is a bad row: mapping it silently (as the prior system's `<unk>`)
     would train on a class nobody asked for.
     """
+    own = rejects is None
     rejects = rejects or Rejects()
     cls, drp = set(classes), set(drop)
+    by_case = {c.casefold(): c for c in classes}
     keep = np.zeros(len(df), dtype=bool)
     dropped: Counter = Counter()
     for i, (label, uid, line) in enumerate(zip(df[LABEL_COL], df["id"], df["line"] if "line" in df else
@@ -139,9 +169,14 @@ def filter_labels(df: pd.DataFrame, classes: Sequence[str] = BASE_CLASSES, drop:
         elif label in drp:
             dropped[label] += 1
         else:
+            near = by_case.get(str(label).strip().casefold())
+            hint = f": did you mean {near!r}?" if near else ""
             rejects.add(split, file, int(line), uid, f"unknown label {label!r} (classes: {', '.join(classes)}; "
-                        f"dropped: {', '.join(drop) or 'none'})",
-                        f"--keep-label {label!r} to keep it as a class of its own, or --drop-label {label!r}")
+                        f"dropped: {', '.join(drop) or 'none'}){hint}",
+                        (f"write it as {near!r} (labels are case-sensitive), " if near else "")
+                        + f"--keep-label {label!r} to keep it as a class of its own, or --drop-label {label!r}")
+    if own:
+        rejects.raise_if_any()
     return df[keep].reset_index(drop=True), dict(sorted(dropped.items()))
 
 
@@ -307,14 +342,21 @@ def _audio_job(job: Tuple[str, Optional[str], float, float]) -> Tuple[Optional[i
 
 
 def _run_audio_jobs(jobs: List[tuple], workers: int) -> List[tuple]:
-    from tqdm import tqdm
+    """Every job's result, in order. Workers die with this process (process_control.worker_init); on any exception
+    here (SIGTERM/SIGINT arrive as process_control.Interrupted) the pool is terminated, not waited for."""
+    from fairseq_xmodal.progress import progress
 
-    bar = dict(total=len(jobs), desc="audio", unit="utt", disable=None)  # disable=None: no bar when not a tty
     if workers <= 1 or len(jobs) < 2:
-        return list(tqdm(map(_audio_job, jobs), **bar))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(progress(map(_audio_job, jobs), len(jobs), "audio pass", unit="utt"))
+    pool = multiprocessing.Pool(processes=workers, initializer=worker_init)
+    try:
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        return list(tqdm(pool.map(_audio_job, jobs, chunksize=chunk), **bar))
+        results = list(progress(pool.imap(_audio_job, jobs, chunksize=chunk), len(jobs), "audio pass", unit="utt"))
+        pool.close()
+        return results
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,16 +366,21 @@ def _run_audio_jobs(jobs: List[tuple], workers: int) -> List[tuple]:
 def _read_dict_symbols(path: str) -> List[str]:
     """Symbols of a fairseq dict.txt (`symbol count [#fairseq:overwrite]` per line)."""
     symbols = []
-    with open(path, encoding="utf-8") as f:
-        for n, ln in enumerate(f, start=1):
-            body = ln.rstrip("\n")
-            if body.endswith(" #fairseq:overwrite"):
-                body = body[: -len(" #fairseq:overwrite")]
-            parts = body.rsplit(" ", 1)
-            if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
-                raise DataPrepError(f"not a `symbol count` line: {ln.rstrip()!r}", path, n,
-                                    "use SpeechT5's dict.txt (fairseq dictionary format)")
-            symbols.append(parts[0])
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataPrepError(f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start})", path,
+                            None, "use SpeechT5's dict.txt (UTF-8)") from None
+    for n, ln in enumerate(text.splitlines(keepends=True), start=1):
+        body = ln.rstrip("\n")
+        if body.endswith(" #fairseq:overwrite"):
+            body = body[: -len(" #fairseq:overwrite")]
+        parts = body.rsplit(" ", 1)
+        if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+            raise DataPrepError(f"not a `symbol count` line: {ln.rstrip()!r}", path, n,
+                                "use SpeechT5's dict.txt (fairseq dictionary format)")
+        symbols.append(parts[0])
     return symbols
 
 
@@ -358,9 +405,22 @@ def _check_vocab(spm_model: str, dict_txt: str, warnings: List[str]):
 
 
 def _unknown_chars(sp, texts: Iterable[str]) -> Dict[str, int]:
-    """{character: occurrences} for transcript characters the SentencePiece model maps to <unk>."""
-    chars = Counter(ch for t in texts for ch in t.replace(" ", ""))
-    return {ch: n for ch, n in sorted(chars.items()) if sp.piece_to_id(ch) == sp.unk_id()}
+    """{character: rows} for transcript characters the SentencePiece model can only encode as <unk>."""
+    return dict(sorted(Counter(ch for t in texts for ch in unencodable_chars(sp, t)).items()))
+
+
+def _reject_unencodable(df: pd.DataFrame, sp, spm_model: str, split: str, file: str, rejects: Rejects) -> pd.DataFrame:
+    """Rows whose transcript SentencePiece cannot encode are bad rows: t2c refuses them too (never a silent <unk>)."""
+    keep = []
+    for i, (text, uid, line) in enumerate(zip(df[TEXT_COL], df["id"], df["line"])):
+        bad = unencodable_chars(sp, text)
+        if bad:
+            rejects.add(split, file, int(line), uid, f"transcript character(s) {''.join(bad)!r} cannot be encoded by "
+                        f"{spm_model} (they would become <unk>)",
+                        "fix the transcript (e.g. transliterate the characters)")
+        else:
+            keep.append(i)
+    return df.iloc[keep].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -441,7 +501,7 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
     options = {k: v for k, v in locals().items() if k != "log"}
     options.update(balance_methods=list(balance_methods), few_shot_ks=sorted(set(few_shot_ks)),
                    keep_labels=sorted(set(keep_labels)), drop_labels=sorted(set(drop_labels)))
-    workers = int(workers or os.cpu_count() or 1)
+    workers = int(workers or available_cpus())
     if not isinstance(seed, int) or seed < 0:
         raise DataPrepError(f"seed {seed!r} must be a non-negative integer", fix="e.g. --seed 1")
     bad_methods = [m for m in balance_methods if m not in BALANCE_METHODS]
@@ -462,6 +522,11 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
                             fix="point it at the folder holding fine-tune/, dev/, test/ with <id>.flac")
 
     warnings: List[str] = []
+    stale = stale_temp_folders(out)
+    if stale:
+        warnings.append(f"temp folder(s) left by an interrupted earlier run (its process is gone): {', '.join(stale)}; "
+                        f"remove them with: rm -rf {' '.join(stale)}")
+        log(f"warning: {warnings[-1]}")
     sp = _check_vocab(spm_model, dict_txt, warnings)
     rejects = Rejects(skip_bad)
 
@@ -495,140 +560,142 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
         tables[split] = check_rows(df, split, path, rejects)
         if TEXT_COL in df.columns:
             unknown_chars[split] = _unknown_chars(sp, tables[split][TEXT_COL])
-            if unknown_chars[split]:
-                warnings.append(f"{split}: transcript characters unknown to {spm_model} (they become <unk>): "
-                                f"{''.join(unknown_chars[split])}")
+            if unknown_chars[split]:  # the rule t2c applies too: a character SentencePiece cannot encode is an error
+                tables[split] = _reject_unencodable(tables[split], sp, spm_model, split, path, rejects)
 
     tmp = f"{out}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    try:
-        # One audio pass over every utterance of every split, in one pool (both cores busy throughout).
-        jobs, owners = [], []
-        for split, df in tables.items():
-            if segmented_dir:
-                srcs = [os.path.join(segmented_dir, split, f"{u}.flac") for u in df["id"]]
-                dsts = [None] * len(df)
+    with stop_on_signals():  # SIGTERM/SIGINT -> Interrupted: the except below removes tmp, the pool is terminated
+        try:
+            # One audio pass over every utterance of every split, in one pool (both cores busy throughout).
+            jobs, owners = [], []
+            for split, df in tables.items():
+                if segmented_dir:
+                    srcs = [os.path.join(segmented_dir, split, f"{u}.flac") for u in df["id"]]
+                    dsts = [None] * len(df)
+                else:
+                    os.makedirs(os.path.join(tmp, "audio", split))
+                    srcs = [os.path.join(slue_dir, f"{split}_raw", f"{u}.flac") for u in df["id"]]
+                    dsts = [os.path.join(tmp, "audio", split, f"{u}.flac") for u in df["id"]]
+                jobs += list(zip(srcs, dsts, df["start"], df["end"]))
+                owners += [(split, i) for i in range(len(df))]
+            t0 = datetime.datetime.now()
+            # the audio pass runs even with bad rows (bad ones are left out), so one run reports every bad row
+            results = _run_audio_jobs(jobs, workers)
+            audio_seconds = (datetime.datetime.now() - t0).total_seconds()
+            sizes = {s: np.zeros(len(df), dtype=np.int64) for s, df in tables.items()}
+            for (split, i), job, (n, reason, fix) in zip(owners, jobs, results):
+                if reason is None:
+                    sizes[split][i] = n
+                    continue
+                row = tables[split].iloc[i]
+                rejects.add(split, sources[split], int(row["line"]), row["id"], reason, fix)
+            rejects.raise_if_any()
+            roots = {}
+            for split in list(tables):
+                df = tables[split].assign(n_samples=sizes[split])
+                tables[split] = df[df["n_samples"] > 0].reset_index(drop=True)
+                step(split, "checked", tables[split])
+                roots[split] = (os.path.abspath(os.path.join(segmented_dir, split)) if segmented_dir
+                                else f"audio/{split}")  # relative: the folder can be moved as a whole
+
+            # Splits to write: name -> (table, audio source split, how it was made).
+            splits: Dict[str, Tuple[pd.DataFrame, str, dict]] = {}
+            derived: Dict[str, dict] = {}
+            if valid_from_fine_tune is not None:
+                train, valid = carve_valid(tables["fine-tune"], valid_from_fine_tune, seed)
+                t_name = "train"
+                splits["train"] = (train, "fine-tune", {"from": "fine-tune", "algorithm": "carve_valid: the rest"})
+                splits["valid"] = (valid, "fine-tune", {
+                    "from": "fine-tune", "algorithm": f"carve_valid: per label floor({valid_from_fine_tune}*n+0.5) rows "
+                    "(at least 1 and at most n-1 when n >= 2), the first of the label's permutation",
+                    "ids": list(valid["id"])})
+                step("train", "carved", train)
+                step("valid", "carved", valid)
             else:
-                os.makedirs(os.path.join(tmp, "audio", split))
-                srcs = [os.path.join(slue_dir, f"{split}_raw", f"{u}.flac") for u in df["id"]]
-                dsts = [os.path.join(tmp, "audio", split, f"{u}.flac") for u in df["id"]]
-            jobs += list(zip(srcs, dsts, df["start"], df["end"]))
-            owners += [(split, i) for i in range(len(df))]
-        t0 = datetime.datetime.now()
-        results = _run_audio_jobs(jobs, workers)
-        audio_seconds = (datetime.datetime.now() - t0).total_seconds()
-        sizes = {s: np.zeros(len(df), dtype=np.int64) for s, df in tables.items()}
-        for (split, i), job, (n, reason, fix) in zip(owners, jobs, results):
-            if reason is None:
-                sizes[split][i] = n
-                continue
-            row = tables[split].iloc[i]
-            rejects.add(split, sources[split], int(row["line"]), row["id"], reason, fix)
-        roots = {}
-        for split in list(tables):
-            df = tables[split].assign(n_samples=sizes[split])
-            tables[split] = df[df["n_samples"] > 0].reset_index(drop=True)
-            step(split, "checked", tables[split])
-            roots[split] = (os.path.abspath(os.path.join(segmented_dir, split)) if segmented_dir
-                            else f"audio/{split}")  # relative: the folder can be moved as a whole
+                t_name = "fine-tune"
+                splits["fine-tune"] = (tables["fine-tune"], "fine-tune", {})
+            splits["dev"] = (tables["dev"], "dev", {})
+            if "test" in tables:
+                splits["test"] = (tables["test"], "test", {})
+            t_table = splits[t_name][0]
+            if t_table.empty:
+                raise DataPrepError(f"the training split {t_name} has no rows left",
+                                    fix="check the label options and rejected.tsv")
+            missing = [c for c in classes if c not in set(t_table[LABEL_COL])]
+            if missing:
+                warnings.append(f"{t_name} has no rows of class(es) {missing}")
+            t_counts = label_counts(t_table)
+            for method in dict.fromkeys(balance_methods):
+                bal = balance(t_table, method, seed)
+                info = {"from": t_name, "algorithm": BALANCE_ALGORITHMS[method]}
+                if method == "prune":
+                    info["ids"] = list(bal["id"])
+                else:
+                    base = {lab: max(t_counts.values()) // n for lab, n in t_counts.items()}
+                    info["copies_per_label"] = base
+                    if method == "dup_equal":
+                        label_of = dict(zip(t_table["id"], t_table[LABEL_COL]))
+                        info["extra_copy_ids"] = sorted(u for u, c in Counter(bal["id"]).items() if c > base[label_of[u]])
+                splits[f"{t_name}.{method}"] = (bal, "fine-tune", info)
+                step(f"{t_name}.{method}", "balanced", bal)
+            for k, sub in few_shot(t_table, few_shot_ks, seed).items():
+                splits[f"{t_name}.k{k}"] = (sub, "fine-tune", {
+                    "from": t_name, "algorithm": f"few_shot: first {k} rows of each label's permutation (nested)",
+                    "ids": list(sub["id"])})
+                step(f"{t_name}.k{k}", "few-shot", sub)
 
-        # Splits to write: name -> (table, audio source split, how it was made).
-        splits: Dict[str, Tuple[pd.DataFrame, str, dict]] = {}
-        derived: Dict[str, dict] = {}
-        if valid_from_fine_tune is not None:
-            train, valid = carve_valid(tables["fine-tune"], valid_from_fine_tune, seed)
-            t_name = "train"
-            splits["train"] = (train, "fine-tune", {"from": "fine-tune", "algorithm": "carve_valid: the rest"})
-            splits["valid"] = (valid, "fine-tune", {
-                "from": "fine-tune", "algorithm": f"carve_valid: per label floor({valid_from_fine_tune}*n+0.5) rows "
-                "(at least 1 and at most n-1 when n >= 2), the first of the label's permutation",
-                "ids": list(valid["id"])})
-            step("train", "carved", train)
-            step("valid", "carved", valid)
-        else:
-            t_name = "fine-tune"
-            splits["fine-tune"] = (tables["fine-tune"], "fine-tune", {})
-        splits["dev"] = (tables["dev"], "dev", {})
-        if "test" in tables:
-            splits["test"] = (tables["test"], "test", {})
-        t_table = splits[t_name][0]
-        if t_table.empty:
-            raise DataPrepError(f"the training split {t_name} has no rows left",
-                                fix="check the label options and rejected.tsv")
-        missing = [c for c in classes if c not in set(t_table[LABEL_COL])]
-        if missing:
-            warnings.append(f"{t_name} has no rows of class(es) {missing}")
-        t_counts = label_counts(t_table)
-        for method in dict.fromkeys(balance_methods):
-            bal = balance(t_table, method, seed)
-            info = {"from": t_name, "algorithm": BALANCE_ALGORITHMS[method]}
-            if method == "prune":
-                info["ids"] = list(bal["id"])
-            else:
-                base = {lab: max(t_counts.values()) // n for lab, n in t_counts.items()}
-                info["copies_per_label"] = base
-                if method == "dup_equal":
-                    label_of = dict(zip(t_table["id"], t_table[LABEL_COL]))
-                    info["extra_copy_ids"] = sorted(u for u, c in Counter(bal["id"]).items() if c > base[label_of[u]])
-            splits[f"{t_name}.{method}"] = (bal, "fine-tune", info)
-            step(f"{t_name}.{method}", "balanced", bal)
-        for k, sub in few_shot(t_table, few_shot_ks, seed).items():
-            splits[f"{t_name}.k{k}"] = (sub, "fine-tune", {
-                "from": t_name, "algorithm": f"few_shot: first {k} rows of each label's permutation (nested)",
-                "ids": list(sub["id"])})
-            step(f"{t_name}.k{k}", "few-shot", sub)
+            for name, (table, source, info) in splits.items():
+                _write_split(tmp, name, table, roots[source])
+                entry = {"source": source, "audio_root": roots[source], "rows": int(len(table)),
+                         "counts": label_counts(table),
+                         "id_file_sha256": _sha256(os.path.join(tmp, f"{name}.id"))}
+                entry.update(info)
+                derived[name] = entry
 
-        for name, (table, source, info) in splits.items():
-            _write_split(tmp, name, table, roots[source])
-            entry = {"source": source, "audio_root": roots[source], "rows": int(len(table)),
-                     "counts": label_counts(table),
-                     "id_file_sha256": _sha256(os.path.join(tmp, f"{name}.id"))}
-            entry.update(info)
-            derived[name] = entry
-
-        _write_lines(os.path.join(tmp, "labels.sent.txt"), classes)
-        shutil.copyfile(spm_model, os.path.join(tmp, "spm_char.model"))
-        shutil.copyfile(dict_txt, os.path.join(tmp, "dict.txt"))
-        if rejects.rows:
-            pd.DataFrame(rejects.rows, columns=["split", "file", "line", "id", "reason"]).to_csv(
-                os.path.join(tmp, "rejected.tsv"), sep="\t", index=False)
-        order = {}
-        for s in steps:
-            order.setdefault(s["split"], len(order))
-        steps.sort(key=lambda s: order[s["split"]])  # stable: each split's stages together, in processing order
-        inputs = {p: {"path": os.path.abspath(p), "sha256": _sha256(p)}
-                  for p in list(sources.values()) + [spm_model, dict_txt]}
-        report = {
-            "tool": "xmodal-prep-slue",
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seed": seed,
-            "options": options,
-            "inputs": {os.path.basename(p): v for p, v in inputs.items()},
-            "classes": classes,
-            "dropped_labels": dropped_labels,
-            "dropped": dropped,
-            "rejected": dict(Counter(r["split"] for r in rejects.rows)),
-            "training_split": t_name,
-            "audio": {"segmented_dir": os.path.abspath(segmented_dir) if segmented_dir else None,
-                      "sample_rate": SAMPLE_RATE, "utterances": len(jobs), "workers": workers,
-                      "seconds": round(audio_seconds, 2),
-                      "rule": "whole files <segmented_dir>/<split>/<id>.flac" if segmented_dir else
-                      "samples [int(start_second*16000), int(end_second*16000)) of <split>_raw/<id>.flac"},
-            "rng": RNG_ALGORITHM,
-            "steps": steps,
-            "splits": derived,
-            "unknown_chars": unknown_chars,
-            "warnings": warnings,
-        }
-        with open(os.path.join(tmp, "prep_report.json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        _publish(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _write_lines(os.path.join(tmp, "labels.sent.txt"), classes)
+            shutil.copyfile(spm_model, os.path.join(tmp, "spm_char.model"))
+            shutil.copyfile(dict_txt, os.path.join(tmp, "dict.txt"))
+            if rejects.rows:
+                pd.DataFrame(rejects.rows, columns=["split", "file", "line", "id", "reason"]).to_csv(
+                    os.path.join(tmp, "rejected.tsv"), sep="\t", index=False)
+            order = {}
+            for s in steps:
+                order.setdefault(s["split"], len(order))
+            steps.sort(key=lambda s: order[s["split"]])  # stable: each split's stages together, in processing order
+            inputs = {p: {"path": os.path.abspath(p), "sha256": _sha256(p)}
+                      for p in list(sources.values()) + [spm_model, dict_txt]}
+            report = {
+                "tool": "xmodal-prep-slue",
+                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "seed": seed,
+                "options": options,
+                "inputs": {os.path.basename(p): v for p, v in inputs.items()},
+                "classes": classes,
+                "dropped_labels": dropped_labels,
+                "dropped": dropped,
+                "rejected": dict(Counter(r["split"] for r in rejects.rows)),
+                "training_split": t_name,
+                "audio": {"segmented_dir": os.path.abspath(segmented_dir) if segmented_dir else None,
+                          "sample_rate": SAMPLE_RATE, "utterances": len(jobs), "workers": workers,
+                          "seconds": round(audio_seconds, 2),
+                          "rule": "whole files <segmented_dir>/<split>/<id>.flac" if segmented_dir else
+                          "samples [int(start_second*16000), int(end_second*16000)) of <split>_raw/<id>.flac"},
+                "rng": RNG_ALGORITHM,
+                "steps": steps,
+                "splits": derived,
+                "unknown_chars": unknown_chars,
+                "warnings": warnings,
+            }
+            with open(os.path.join(tmp, "prep_report.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1, ensure_ascii=False)
+                f.write("\n")
+            _publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     labels = classes + [lab for lab in dropped_labels if any(lab in s["counts"] for s in steps)]
     log(format_counts(steps, labels))
@@ -665,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"drop rows with this label (always dropped unless kept: {', '.join(DEFAULT_DROP)})")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in rejected.tsv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for the audio pass (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the audio pass (default: the CPUs this process may use, os.sched_getaffinity)")
     return p
 
 
@@ -677,13 +745,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             ks = [int(k) for k in _comma_list(args.few_shot)]
         except ValueError:
             raise DataPrepError(f"--few-shot {args.few_shot}: expected integers", fix="e.g. --few-shot 4,8,16")
-        prepare(args.slue_dir, args.out, args.spm, args.dict, segmented_dir=args.segmented_dir,
-                valid_from_fine_tune=args.valid_from_fine_tune, seed=args.seed, balance_methods=balance_methods,
-                few_shot_ks=ks, keep_labels=_comma_list(args.keep_label), drop_labels=_comma_list(args.drop_label),
-                skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
+        with stop_on_signals():  # also during the table checks, before prepare() has a temp folder
+            prepare(args.slue_dir, args.out, args.spm, args.dict, segmented_dir=args.segmented_dir,
+                    valid_from_fine_tune=args.valid_from_fine_tune, seed=args.seed, balance_methods=balance_methods,
+                    few_shot_ks=ks, keep_labels=_comma_list(args.keep_label), drop_labels=_comma_list(args.drop_label),
+                    skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
     except DataPrepError as e:
         print(f"xmodal-prep-slue: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only output location
+        from fairseq_xmodal.cli.errors import describe_os_error
+
+        print(f"xmodal-prep-slue: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"xmodal-prep-slue: interrupted by {e}: stopped the audio workers and removed the temp folder; "
+              f"{args.out} was not changed", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

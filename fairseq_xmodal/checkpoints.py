@@ -63,12 +63,13 @@ def atomic_torch_save(obj, path: str):
     try:
         try:
             torch.save(obj, tmp)
-        except RuntimeError as e:  # torch's zip writer reports ENOSPC/EIO as RuntimeError("... file write failed")
-            if "write" not in str(e):
-                raise
+        except RuntimeError as e:  # torch's zip writer reports ENOSPC/EIO as RuntimeError (iostream/write errors)
             directory = os.path.dirname(os.path.abspath(path))
-            code = errno.ENOSPC if _no_space(directory) else errno.EIO
-            raise OSError(code, os.strerror(code), path) from None
+            if _no_space(directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+            if not any(w in str(e) for w in ("write", "iostream", "inline_container")):
+                raise
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({str(e).splitlines()[0][:100]})", path) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

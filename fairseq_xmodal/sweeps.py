@@ -8,8 +8,8 @@ Every job of a sweep lives in `<hydra.sweep.dir>/<job name>`. The job name is bu
 `checkpoints/checkpoint_last.pt` again and fairseq resumes it with the same update count. In that folder:
 
   DONE                 written when training returned normally; a job started again with DONE present does nothing
-  sweep_status.jsonl   one JSON object per event: start / done / failed / skip / requeue (the last from the Slurm
-                       array script), with attempt numbers, Slurm ids, pid and host
+  sweep_status.jsonl   one JSON object per event: start / done / failed / skip / requeue / killed (the last two from
+                       the Slurm array script), with attempt numbers, Slurm ids, pid and host
   hydra_train.log      fairseq's log (Hydra), appended over attempts; xmodal-sweep-table parses it
   train.log            stdout+stderr of fairseq-hydra-train when run by the Slurm array script
 """
@@ -436,6 +436,8 @@ def read_job(job_dir: str, overrides: Optional[List[str]] = None, stale_after_s:
         status, error = "failed", last.get("error") or last_error_line(logs)
     elif last is not None and last.get("event") == "requeue":
         status = "requeued"
+    elif last is not None and last.get("event") == "killed":  # SIGKILL: OOM killer or node failure; resumable
+        status, error = "interrupted", last.get("error") or "killed by SIGKILL"
     elif last is not None and last.get("event") == "cancelled":
         status = "cancelled"
     elif last is None and finished_in_log:

@@ -51,3 +51,13 @@ def make_char_vocab(out_dir: str, charset: str = CHARSET) -> Tuple[str, str]:
         for i in range(4, sp.get_piece_size()):
             f.write(f"{sp.id_to_piece(i)} 1\n")
     return model_path, dict_path
+
+
+def unencodable_chars(sp, text: str) -> List[str]:
+    """Characters of `text` that the SentencePiece model `sp` can only encode as <unk>, in order of appearance.
+
+    One rule for data preparation and t2c: such a transcript is a bad row (prep rejects it, --skip-bad leaves it
+    out; t2c refuses the folder naming the line), never a silent <unk>."""
+    unk = sp.unk_id()
+    bad = [p.replace("\u2581", "") for p in sp.encode(text, out_type=str) if p != "<unk>" and sp.piece_to_id(p) == unk]
+    return list(dict.fromkeys("".join(bad)))
