@@ -25,8 +25,8 @@ def progress(iterable: Iterable[T], total: Optional[int], desc: str, unit: str =
         pct = 100.0 * n / total if total else 0.0
         if (total and (n == total or pct >= next_pct)) or now - last >= every_s:
             eta = f", about {(now - start) * (total - n) / n:.0f} s left" if total and n < total else ""
-            of = f"/{total} ({pct:.0f}%)" if total else ""
-            print(f"{desc}: {n}{of} {unit}, {now - start:.0f} s{eta}", file=stream, flush=True)
+            count = f"{n}/{total} {unit} ({pct:.0f}%)" if total else f"{n} {unit}"
+            print(f"{desc}: {count}, {now - start:.0f} s{eta}", file=stream, flush=True)
             last = now
             while total and next_pct <= pct:
                 next_pct += every_pct

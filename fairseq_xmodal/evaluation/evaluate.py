@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import atomic_write_json, load_state, make_cfg, write_together
+from ..progress import progress
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 
@@ -149,7 +150,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
         except ValueError as e:  # the task's long-utterance message names training options
             raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
                                   f"unset (then only --batch-size limits a batch)") from None
-        for sample in itr:  # streamed: a test set of audio does not fit in memory at once
+        for sample in progress(itr, len(itr), f"evaluate {split}", unit="batch"):  # streamed, not all in memory
             if not sample:
                 continue
             sample = utils.move_to_cuda(sample) if device != "cpu" else sample
