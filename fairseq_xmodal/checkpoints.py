@@ -99,7 +99,10 @@ def write_together(writers: Dict[str, Callable[[str], None]]):
             fd, tmp = _mkstemp_beside(target)
             os.close(fd)
             temps[target] = tmp
-            write(tmp)
+            try:
+                write(tmp)
+            except OSError as e:  # name the file the user asked for, not our temp file
+                raise OSError(e.errno, e.strerror, target) from None
         for target in writers:
             if os.path.exists(target):
                 backups[target] = f"{temps[target]}.old"
