@@ -17,7 +17,6 @@ Selectors name the keys (docs/transfer_and_evaluation.md):
 The most specific selector naming a key wins (layer/rest > group > all); two equally specific selectors that give
 one key different origins are an error.
 """
-import argparse
 import copy
 import hashlib
 import logging

@@ -44,7 +44,8 @@ def _value(node: ast.AST):
         if isinstance(out, int) and out > MAX_INT:
             raise ValueError(f"integer {out} out of range")
         return out
-    raise ValueError(f"{type(node).__name__} is not allowed (only lists/tuples of ints, + and *)")
+    what = repr(node.value) if isinstance(node, ast.Constant) else type(node).__name__
+    raise ValueError(f"{what} is not allowed (only lists/tuples of ints, + and *)")
 
 
 def parse_conv_layers(text, where: Optional[str] = None) -> List[Tuple[int, int, int]]:
