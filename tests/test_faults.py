@@ -135,12 +135,14 @@ def test_corrupt_or_missing_audio_at_evaluation(imported_init, damaged_corpus, t
     assert not out.exists()
 
 
-def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_path, monkeypatch):
+def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_path, monkeypatch, capsys):
     from fairseq_xmodal.evaluation import evaluate as ev
 
     out = tmp_path / "eval"
     cfg = ev.EvalConfig(checkpoint=imported_init["t2c"], task="t2c", data=corpus_dir, split="valid", out_dir=str(out))
     ev.evaluate(cfg)
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate valid: ")]
+    assert progress and progress[-1].startswith("evaluate valid: 3/3 batch (100%)")  # 24 rows, batch size 8
     before = {n: (out / n).read_bytes() for n in ("predictions.tsv", "metrics.json")}
 
     def full_disk(obj, path):
@@ -232,3 +234,24 @@ def test_sigkilled_array_job_is_reported_killed_and_resumes(tmp_path):
     runs = starts.read_text().splitlines()
     assert len(runs) == 2 and runs[0] == runs[1] and f"hydra.run.dir='{job_dir}'" in runs[0]  # same folder: resumes
     assert (job_dir / "DONE").exists() and sweeps.read_job(str(job_dir))["status"] == "done"
+
+
+def test_every_writing_command_needs_overwrite_to_replace(tmp_path, capsys):
+    from fairseq_xmodal.cli import make_official, report, sweep_table
+
+    out = tmp_path / "official"
+    assert make_official.main(["--out-dir", str(out)]) == 0
+    before = digest(out / "speecht5_base.pt")
+    assert make_official.main(["--out-dir", str(out)]) == 2
+    assert make_official.main(["--out-dir", str(out), "--seed", "2"]) == 2
+    assert digest(out / "speecht5_base.pt") == before
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("old")
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    md = tmp_path / "table.md"
+    md.write_text("old")
+    assert sweep_table.main([str(tmp_path), "--markdown", str(md)]) == 2
+    assert md.read_text() == "old" and (tmp_path / "report" / "report.md").read_text() == "old"
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
+    assert len(err) == 4 and all("--overwrite" in ln for ln in err), err
+    assert str(out / "speecht5_base.pt") in err[0] and str(md) in err[3]
