@@ -52,12 +52,14 @@ def test_import_never_overwrites_its_input_or_an_existing_out(official_tiny, imp
 
 
 def test_import_is_seeded_and_reproducible(official_tiny, corpus_dir, tmp_path):
+    from fairseq_xmodal.cli import import_official as cli
     from fairseq_xmodal.models.official import SID_HEAD
 
     a, b, c = (tmp_path / n for n in ("a.pt", "b.pt", "c.pt"))
-    run_cli(import_cmd(official_tiny, corpus_dir, a))  # default seed
-    run_cli(import_cmd(official_tiny, corpus_dir, b, "--seed", "1"))
-    run_cli(import_cmd(official_tiny, corpus_dir, c, "--seed", "7"))
+    run_cli(import_cmd(official_tiny, corpus_dir, a))  # default seed, in its own process
+    torch.manual_seed(123)  # the global RNG state must not matter
+    assert cli.main(import_cmd(official_tiny, corpus_dir, b, "--seed", "1")[1:]) == 0
+    assert cli.main(import_cmd(official_tiny, corpus_dir, c, "--seed", "7")[1:]) == 0
     sa, sb, sc = (load_state(str(p))["model"] for p in (a, b, c))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # every tensor, byte for byte
     assert not torch.equal(sa[SID_HEAD], sc[SID_HEAD])  # the seed is what draws the head
