@@ -10,7 +10,7 @@ setup(
     + find_namespace_packages(include=["hydra_plugins.*"]),
     # torch, fairseq (or fairseq-fixed) and hydra are deliberately not listed: they must match the user's CUDA
     # stack and fairseq declares torchaudio, which would drag in another torch. See docs/install.md.
-    install_requires=["sentencepiece", "soundfile", "pandas", "scikit-learn", "scipy", "tqdm", "matplotlib"],
+    install_requires=["sentencepiece", "soundfile", "pandas", "scikit-learn", "scipy", "tqdm", "matplotlib", "safetensors"],
     entry_points={
         "console_scripts": [
             "xmodal-make-official-checkpoint=fairseq_xmodal.cli.make_official:main",

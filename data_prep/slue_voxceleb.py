@@ -3,9 +3,9 @@
 Steps: read the tsvs (columns by name) -> drop/keep labels -> row checks -> one parallel audio pass that cuts every
 utterance out of its raw clip -> optionally carve `valid` out of fine-tune -> balanced and few-shot copies of the
 training split -> write everything into `<out>.tmp-<pid>` and rename it into place. See docs/data_prep.md.
+Reading and checking the tables: slue_rows.py; the audio pass: slue_audio.py; signals and workers: process_control.py.
 """
 import argparse
-import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -18,175 +18,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
-SAMPLE_RATE = 16000
-BASE_CLASSES = ("Negative", "Neutral", "Positive")
-DEFAULT_DROP = ("<mixed>", "Disagreement")
+from .process_control import Interrupted, available_cpus, stale_temp_folders, stop_on_signals
+from .slue_audio import SAMPLE_RATE, _run_audio_jobs
+from .slue_rows import (BASE_CLASSES, DEFAULT_DROP, LABEL_COL, TEXT_COL, DataPrepError, Rejects,  # noqa: F401
+                        _check_vocab, _reject_unencodable, _unknown_chars, check_rows, filter_labels, label_counts,
+                        read_slue_tsv, resolve_labels)
+
 BALANCE_METHODS = ("prune", "dup_floor", "dup_equal")
 LABELLED_TSVS = {"fine-tune": "slue-voxceleb_fine-tune.tsv", "dev": "slue-voxceleb_dev.tsv"}
 # A labelled test tsv (e.g. rebuilt from the labels published in 2024) wins over the blind one.
 TEST_TSVS = ("slue-voxceleb_test.tsv", "slue-voxceleb_test_blind.tsv")
-TEXT_COL, LABEL_COL = "normalized_text", "sentiment"
-TSV_HEADER_HINT = "id, normalized_text, speaker_id, split, sentiment, start_second, end_second"
-
-
-class DataPrepError(Exception):
-    """Bad input; the message names the file, the 1-based line (header = line 1) and how to fix it."""
-
-    def __init__(self, reason: str, file: Optional[str] = None, line: Optional[int] = None,
-                 fix: Optional[str] = None):
-        self.reason, self.file, self.line, self.fix = reason, file, line, fix
-        where = file or ""
-        if line is not None:
-            where += f", line {line}"
-        msg = f"{where}: {reason}" if where else reason
-        if fix:
-            msg += f"\n  fix: {fix}"
-        super().__init__(msg)
-
-
-class Rejects:
-    """Collects bad rows: raises at the first one, or (skip_bad) records it for rejected.tsv and lets it be dropped."""
-
-    def __init__(self, skip_bad: bool = False):
-        self.skip_bad = skip_bad
-        self.rows: List[dict] = []
-
-    def add(self, split: str, file: str, line: int, uid: str, reason: str, fix: str) -> None:
-        if not self.skip_bad:
-            raise DataPrepError(f"id {uid!r}: {reason}" if uid else reason, file, line, fix)
-        self.rows.append({"split": split, "file": file, "line": line, "id": uid, "reason": reason})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading and row checks
-# ---------------------------------------------------------------------------------------------------------------
-
-def read_slue_tsv(path: str, split: str, required: Sequence[str], rejects: Rejects) -> pd.DataFrame:
-    """The tsv as a table of strings (only the columns we use) plus `line`, its 1-based line number in the file."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataPrepError(f"cannot read the file ({e})", path, None,
-                            "point --slue-dir at the unpacked slue-voxceleb folder (UTF-8 tsvs)") from e
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    if not lines:
-        raise DataPrepError("the file is empty", path, 1, f"expected a header line with columns {TSV_HEADER_HINT}")
-    header = lines[0].split("\t")
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataPrepError(f"missing column(s) {', '.join(missing)}; the header has {', '.join(header)}", path, 1,
-                            f"use the released tsv (tab-separated, columns {TSV_HEADER_HINT})")
-    wanted = [c for c in ("id", TEXT_COL, LABEL_COL, "start_second", "end_second") if c in header]
-    pos = {c: header.index(c) for c in wanted}
-    rows = []
-    for n, ln in enumerate(lines[1:], start=2):
-        if not ln.strip():
-            continue  # a blank line carries no utterance; the line numbers stay those of the file
-        fields = ln.split("\t")
-        if len(fields) != len(header):
-            uid = fields[pos["id"]] if pos["id"] < len(fields) else ""
-            rejects.add(split, path, n, uid, f"{len(fields)} tab-separated fields, the header has {len(header)}",
-                        "one utterance per line, fields separated by single tabs, no tabs inside a field")
-            continue
-        row = {c: fields[i] for c, i in pos.items()}
-        row["line"] = n
-        rows.append(row)
-    return pd.DataFrame(rows, columns=wanted + ["line"]).astype({"line": "int64"})
-
-
-def label_counts(df: pd.DataFrame) -> Dict[str, int]:
-    """{label: rows}, sorted by label; empty for a split without labels."""
-    if LABEL_COL not in df.columns:
-        return {}
-    return {k: int(v) for k, v in sorted(Counter(df[LABEL_COL]).items())}
-
-
-def resolve_labels(keep: Iterable[str] = (), drop: Iterable[str] = ()) -> Tuple[List[str], List[str]]:
-    """(classes, dropped labels) after --keep-label / --drop-label; classes sorted as slue-toolkit sorts them."""
-    keep, drop = set(keep), set(drop)
-    both = keep & drop
-    if both:
-        raise DataPrepError(f"label(s) {sorted(both)} given to both --keep-label and --drop-label",
-                            fix="name each label in one of the two options only")
-    classes = sorted((set(BASE_CLASSES) | keep) - drop)
-    if not classes:
-        raise DataPrepError("every class is dropped", fix="keep at least one label")
-    return classes, sorted((set(DEFAULT_DROP) | drop) - keep)
-
-
-def filter_labels(df: pd.DataFrame, classes: Sequence[str] = BASE_CLASSES, drop: Sequence[str] = DEFAULT_DROP, *,
-                  split: str = "", file: str = "<table>",
-                  rejects: Optional[Rejects] = None) -> Tuple[pd.DataFrame, Dict[str, int]]:
-    """Rows whose label is a class, and {dropped label: rows}. Labels are compared as exact strings.
-
-    A label that is neither a class nor dropped is a bad row: mapping it silently (as the prior system's `<unk>`)
-    would train on a class nobody asked for.
-    """
-    rejects = rejects or Rejects()
-    cls, drp = set(classes), set(drop)
-    keep = np.zeros(len(df), dtype=bool)
-    dropped: Counter = Counter()
-    for i, (label, uid, line) in enumerate(zip(df[LABEL_COL], df["id"], df["line"] if "line" in df else
-                                               range(2, len(df) + 2))):
-        if label in cls:
-            keep[i] = True
-        elif label in drp:
-            dropped[label] += 1
-        else:
-            rejects.add(split, file, int(line), uid, f"unknown label {label!r} (classes: {', '.join(classes)}; "
-                        f"dropped: {', '.join(drop) or 'none'})",
-                        f"--keep-label {label!r} to keep it as a class of its own, or --drop-label {label!r}")
-    return df[keep].reset_index(drop=True), dict(sorted(dropped.items()))
-
-
-def check_rows(df: pd.DataFrame, split: str, file: str, rejects: Rejects) -> pd.DataFrame:
-    """Rows with a usable id, a non-empty transcript (where the split has text) and 0 <= start < end.
-
-    Adds float columns `start`/`end`; drops (with --skip-bad) or raises on everything else.
-    """
-    good, starts, ends = [], [], []
-    first_line: Dict[str, int] = {}
-    has_text = TEXT_COL in df.columns
-    for i, row in enumerate(df.itertuples(index=False)):
-        r = row._asdict()
-        uid, line = r["id"], int(r["line"])
-        if not uid or uid != uid.strip() or "/" in uid or "\\" in uid or uid in (".", ".."):
-            rejects.add(split, file, line, uid, "empty or invalid id (it names the audio file)",
-                        "ids are file stems such as id10012_0AXjxNXiEzo_00001, without slashes or spaces")
-            continue
-        if uid in first_line:
-            rejects.add(split, file, line, uid, f"duplicate id (first on line {first_line[uid]})",
-                        "remove the repeated row; every utterance id must be unique in a split")
-            continue
-        try:
-            start, end = float(r["start_second"]), float(r["end_second"])
-        except ValueError:
-            rejects.add(split, file, line, uid, f"start_second={r['start_second']!r} / end_second="
-                        f"{r['end_second']!r} are not numbers", "write both times in seconds, e.g. 1.25")
-            continue
-        if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end <= start:
-            rejects.add(split, file, line, uid, f"bad segment: start_second={start}, end_second={end} "
-                        "(need 0 <= start_second < end_second)", "correct the times or remove the row")
-            continue
-        if has_text and not r[TEXT_COL].strip():
-            rejects.add(split, file, line, uid, "empty transcript (normalized_text)",
-                        "fill in normalized_text or remove the row")
-            continue
-        first_line[uid] = line
-        good.append(i)
-        starts.append(start)
-        ends.append(end)
-    out = df.iloc[good].reset_index(drop=True)
-    out["start"], out["end"] = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
-    if has_text:
-        out[TEXT_COL] = out[TEXT_COL].str.strip()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,101 +111,6 @@ def few_shot(df: pd.DataFrame, ks: Iterable[int], seed: int) -> Dict[int, pd.Dat
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Audio
-# ---------------------------------------------------------------------------------------------------------------
-
-def _audio_job(job: Tuple[str, Optional[str], float, float]) -> Tuple[Optional[int], Optional[str], Optional[str]]:
-    """Cut [int(start*sr), int(end*sr)) of src into dst (FLAC 16-bit); dst None = src already is the utterance.
-
-    Returns (samples written, None, None) or (None, reason, fix). Runs in a worker process.
-    """
-    src, dst, start_s, end_s = job
-    if not os.path.isfile(src):
-        return None, f"audio file {src} is missing", "restore the file from the release or remove the row"
-    try:
-        with sf.SoundFile(src) as f:
-            if f.samplerate != SAMPLE_RATE or f.channels != 1:
-                return None, (f"audio file {src} is {f.samplerate} Hz with {f.channels} channel(s), expected "
-                              f"{SAMPLE_RATE} Hz mono"), "convert it to 16 kHz mono (e.g. sox in.flac -r 16000 -c 1)"
-            if dst is None:
-                if f.frames < 1:
-                    return None, f"audio file {src} is empty", "re-segment the utterance or remove the row"
-                return int(f.frames), None, None
-            a, b = int(start_s * SAMPLE_RATE), int(end_s * SAMPLE_RATE)
-            if b > f.frames + 1:  # one sample of slack for the rounding of end_second
-                return None, (f"end_second={end_s} is beyond the end of {src} ({f.frames / SAMPLE_RATE:.4f} s)"), \
-                    "correct end_second or restore the full raw clip"
-            b = min(b, f.frames)
-            if b <= a:
-                return None, f"segment [{start_s}, {end_s}) is empty at {SAMPLE_RATE} Hz", "correct the times"
-            f.seek(a)
-            data = f.read(b - a, dtype="int16")  # int16 in and out: 16-bit sources are copied bit-exactly
-    except RuntimeError as e:  # soundfile's LibsndfileError (corrupt/unsupported file) is a RuntimeError
-        return None, f"audio file {src} is unreadable ({e})", "re-download or re-encode it"
-    if len(data) != b - a:
-        return None, f"audio file {src} is truncated (read {len(data)} of {b - a} samples)", "re-download it"
-    sf.write(dst, data, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return len(data), None, None
-
-
-def _run_audio_jobs(jobs: List[tuple], workers: int) -> List[tuple]:
-    from tqdm import tqdm
-
-    bar = dict(total=len(jobs), desc="audio", unit="utt", disable=None)  # disable=None: no bar when not a tty
-    if workers <= 1 or len(jobs) < 2:
-        return list(tqdm(map(_audio_job, jobs), **bar))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        return list(tqdm(pool.map(_audio_job, jobs, chunksize=chunk), **bar))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Text vocabulary inputs
-# ---------------------------------------------------------------------------------------------------------------
-
-def _read_dict_symbols(path: str) -> List[str]:
-    """Symbols of a fairseq dict.txt (`symbol count [#fairseq:overwrite]` per line)."""
-    symbols = []
-    with open(path, encoding="utf-8") as f:
-        for n, ln in enumerate(f, start=1):
-            body = ln.rstrip("\n")
-            if body.endswith(" #fairseq:overwrite"):
-                body = body[: -len(" #fairseq:overwrite")]
-            parts = body.rsplit(" ", 1)
-            if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
-                raise DataPrepError(f"not a `symbol count` line: {ln.rstrip()!r}", path, n,
-                                    "use SpeechT5's dict.txt (fairseq dictionary format)")
-            symbols.append(parts[0])
-    return symbols
-
-
-def _check_vocab(spm_model: str, dict_txt: str, warnings: List[str]):
-    """Load the SentencePiece model; dict.txt must list its pieces from id 4 on (index == piece id)."""
-    import sentencepiece as spm
-
-    for p, what in ((spm_model, "--spm"), (dict_txt, "--dict")):
-        if not os.path.isfile(p):
-            raise DataPrepError(f"{what} file {p} not found", fix="pass SpeechT5's spm_char.model and dict.txt")
-    try:
-        sp = spm.SentencePieceProcessor(model_file=spm_model)
-    except Exception as e:  # sentencepiece raises plain OSError/RuntimeError depending on the failure
-        raise DataPrepError(f"not a SentencePiece model ({e})", spm_model, None,
-                            "pass SpeechT5's spm_char.model") from e
-    symbols = _read_dict_symbols(dict_txt)
-    pieces = [sp.id_to_piece(i) for i in range(4, sp.get_piece_size())]
-    if symbols != pieces:
-        warnings.append(f"{dict_txt} does not list the pieces of {spm_model} in id order (dict index != piece id); "
-                        "check that the two files belong together")
-    return sp
-
-
-def _unknown_chars(sp, texts: Iterable[str]) -> Dict[str, int]:
-    """{character: occurrences} for transcript characters the SentencePiece model maps to <unk>."""
-    chars = Counter(ch for t in texts for ch in t.replace(" ", ""))
-    return {ch: n for ch, n in sorted(chars.items()) if sp.piece_to_id(ch) == sp.unk_id()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -441,7 +188,7 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
     options = {k: v for k, v in locals().items() if k != "log"}
     options.update(balance_methods=list(balance_methods), few_shot_ks=sorted(set(few_shot_ks)),
                    keep_labels=sorted(set(keep_labels)), drop_labels=sorted(set(drop_labels)))
-    workers = int(workers or os.cpu_count() or 1)
+    workers = int(workers or available_cpus())
     if not isinstance(seed, int) or seed < 0:
         raise DataPrepError(f"seed {seed!r} must be a non-negative integer", fix="e.g. --seed 1")
     bad_methods = [m for m in balance_methods if m not in BALANCE_METHODS]
@@ -462,6 +209,11 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
                             fix="point it at the folder holding fine-tune/, dev/, test/ with <id>.flac")
 
     warnings: List[str] = []
+    stale = stale_temp_folders(out)
+    if stale:
+        warnings.append(f"temp folder(s) left by an interrupted earlier run (its process is gone): {', '.join(stale)}; "
+                        f"remove them with: rm -rf {' '.join(stale)}")
+        log(f"warning: {warnings[-1]}")
     sp = _check_vocab(spm_model, dict_txt, warnings)
     rejects = Rejects(skip_bad)
 
@@ -495,140 +247,142 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
         tables[split] = check_rows(df, split, path, rejects)
         if TEXT_COL in df.columns:
             unknown_chars[split] = _unknown_chars(sp, tables[split][TEXT_COL])
-            if unknown_chars[split]:
-                warnings.append(f"{split}: transcript characters unknown to {spm_model} (they become <unk>): "
-                                f"{''.join(unknown_chars[split])}")
+            if unknown_chars[split]:  # the rule t2c applies too: a character SentencePiece cannot encode is an error
+                tables[split] = _reject_unencodable(tables[split], sp, spm_model, split, path, rejects)
 
     tmp = f"{out}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
-    try:
-        # One audio pass over every utterance of every split, in one pool (both cores busy throughout).
-        jobs, owners = [], []
-        for split, df in tables.items():
-            if segmented_dir:
-                srcs = [os.path.join(segmented_dir, split, f"{u}.flac") for u in df["id"]]
-                dsts = [None] * len(df)
+    with stop_on_signals():  # SIGTERM/SIGINT -> Interrupted: the except below removes tmp, the pool is terminated
+        try:
+            # One audio pass over every utterance of every split, in one pool (both cores busy throughout).
+            jobs, owners = [], []
+            for split, df in tables.items():
+                if segmented_dir:
+                    srcs = [os.path.join(segmented_dir, split, f"{u}.flac") for u in df["id"]]
+                    dsts = [None] * len(df)
+                else:
+                    os.makedirs(os.path.join(tmp, "audio", split))
+                    srcs = [os.path.join(slue_dir, f"{split}_raw", f"{u}.flac") for u in df["id"]]
+                    dsts = [os.path.join(tmp, "audio", split, f"{u}.flac") for u in df["id"]]
+                jobs += list(zip(srcs, dsts, df["start"], df["end"]))
+                owners += [(split, i) for i in range(len(df))]
+            t0 = datetime.datetime.now()
+            # the audio pass runs even with bad rows (bad ones are left out), so one run reports every bad row
+            results = _run_audio_jobs(jobs, workers)
+            audio_seconds = (datetime.datetime.now() - t0).total_seconds()
+            sizes = {s: np.zeros(len(df), dtype=np.int64) for s, df in tables.items()}
+            for (split, i), job, (n, reason, fix) in zip(owners, jobs, results):
+                if reason is None:
+                    sizes[split][i] = n
+                    continue
+                row = tables[split].iloc[i]
+                rejects.add(split, sources[split], int(row["line"]), row["id"], reason, fix)
+            rejects.raise_if_any()
+            roots = {}
+            for split in list(tables):
+                df = tables[split].assign(n_samples=sizes[split])
+                tables[split] = df[df["n_samples"] > 0].reset_index(drop=True)
+                step(split, "checked", tables[split])
+                roots[split] = (os.path.abspath(os.path.join(segmented_dir, split)) if segmented_dir
+                                else f"audio/{split}")  # relative: the folder can be moved as a whole
+
+            # Splits to write: name -> (table, audio source split, how it was made).
+            splits: Dict[str, Tuple[pd.DataFrame, str, dict]] = {}
+            derived: Dict[str, dict] = {}
+            if valid_from_fine_tune is not None:
+                train, valid = carve_valid(tables["fine-tune"], valid_from_fine_tune, seed)
+                t_name = "train"
+                splits["train"] = (train, "fine-tune", {"from": "fine-tune", "algorithm": "carve_valid: the rest"})
+                splits["valid"] = (valid, "fine-tune", {
+                    "from": "fine-tune", "algorithm": f"carve_valid: per label floor({valid_from_fine_tune}*n+0.5) rows "
+                    "(at least 1 and at most n-1 when n >= 2), the first of the label's permutation",
+                    "ids": list(valid["id"])})
+                step("train", "carved", train)
+                step("valid", "carved", valid)
             else:
-                os.makedirs(os.path.join(tmp, "audio", split))
-                srcs = [os.path.join(slue_dir, f"{split}_raw", f"{u}.flac") for u in df["id"]]
-                dsts = [os.path.join(tmp, "audio", split, f"{u}.flac") for u in df["id"]]
-            jobs += list(zip(srcs, dsts, df["start"], df["end"]))
-            owners += [(split, i) for i in range(len(df))]
-        t0 = datetime.datetime.now()
-        results = _run_audio_jobs(jobs, workers)
-        audio_seconds = (datetime.datetime.now() - t0).total_seconds()
-        sizes = {s: np.zeros(len(df), dtype=np.int64) for s, df in tables.items()}
-        for (split, i), job, (n, reason, fix) in zip(owners, jobs, results):
-            if reason is None:
-                sizes[split][i] = n
-                continue
-            row = tables[split].iloc[i]
-            rejects.add(split, sources[split], int(row["line"]), row["id"], reason, fix)
-        roots = {}
-        for split in list(tables):
-            df = tables[split].assign(n_samples=sizes[split])
-            tables[split] = df[df["n_samples"] > 0].reset_index(drop=True)
-            step(split, "checked", tables[split])
-            roots[split] = (os.path.abspath(os.path.join(segmented_dir, split)) if segmented_dir
-                            else f"audio/{split}")  # relative: the folder can be moved as a whole
+                t_name = "fine-tune"
+                splits["fine-tune"] = (tables["fine-tune"], "fine-tune", {})
+            splits["dev"] = (tables["dev"], "dev", {})
+            if "test" in tables:
+                splits["test"] = (tables["test"], "test", {})
+            t_table = splits[t_name][0]
+            if t_table.empty:
+                raise DataPrepError(f"the training split {t_name} has no rows left",
+                                    fix="check the label options and rejected.tsv")
+            missing = [c for c in classes if c not in set(t_table[LABEL_COL])]
+            if missing:
+                warnings.append(f"{t_name} has no rows of class(es) {missing}")
+            t_counts = label_counts(t_table)
+            for method in dict.fromkeys(balance_methods):
+                bal = balance(t_table, method, seed)
+                info = {"from": t_name, "algorithm": BALANCE_ALGORITHMS[method]}
+                if method == "prune":
+                    info["ids"] = list(bal["id"])
+                else:
+                    base = {lab: max(t_counts.values()) // n for lab, n in t_counts.items()}
+                    info["copies_per_label"] = base
+                    if method == "dup_equal":
+                        label_of = dict(zip(t_table["id"], t_table[LABEL_COL]))
+                        info["extra_copy_ids"] = sorted(u for u, c in Counter(bal["id"]).items() if c > base[label_of[u]])
+                splits[f"{t_name}.{method}"] = (bal, "fine-tune", info)
+                step(f"{t_name}.{method}", "balanced", bal)
+            for k, sub in few_shot(t_table, few_shot_ks, seed).items():
+                splits[f"{t_name}.k{k}"] = (sub, "fine-tune", {
+                    "from": t_name, "algorithm": f"few_shot: first {k} rows of each label's permutation (nested)",
+                    "ids": list(sub["id"])})
+                step(f"{t_name}.k{k}", "few-shot", sub)
 
-        # Splits to write: name -> (table, audio source split, how it was made).
-        splits: Dict[str, Tuple[pd.DataFrame, str, dict]] = {}
-        derived: Dict[str, dict] = {}
-        if valid_from_fine_tune is not None:
-            train, valid = carve_valid(tables["fine-tune"], valid_from_fine_tune, seed)
-            t_name = "train"
-            splits["train"] = (train, "fine-tune", {"from": "fine-tune", "algorithm": "carve_valid: the rest"})
-            splits["valid"] = (valid, "fine-tune", {
-                "from": "fine-tune", "algorithm": f"carve_valid: per label floor({valid_from_fine_tune}*n+0.5) rows "
-                "(at least 1 and at most n-1 when n >= 2), the first of the label's permutation",
-                "ids": list(valid["id"])})
-            step("train", "carved", train)
-            step("valid", "carved", valid)
-        else:
-            t_name = "fine-tune"
-            splits["fine-tune"] = (tables["fine-tune"], "fine-tune", {})
-        splits["dev"] = (tables["dev"], "dev", {})
-        if "test" in tables:
-            splits["test"] = (tables["test"], "test", {})
-        t_table = splits[t_name][0]
-        if t_table.empty:
-            raise DataPrepError(f"the training split {t_name} has no rows left",
-                                fix="check the label options and rejected.tsv")
-        missing = [c for c in classes if c not in set(t_table[LABEL_COL])]
-        if missing:
-            warnings.append(f"{t_name} has no rows of class(es) {missing}")
-        t_counts = label_counts(t_table)
-        for method in dict.fromkeys(balance_methods):
-            bal = balance(t_table, method, seed)
-            info = {"from": t_name, "algorithm": BALANCE_ALGORITHMS[method]}
-            if method == "prune":
-                info["ids"] = list(bal["id"])
-            else:
-                base = {lab: max(t_counts.values()) // n for lab, n in t_counts.items()}
-                info["copies_per_label"] = base
-                if method == "dup_equal":
-                    label_of = dict(zip(t_table["id"], t_table[LABEL_COL]))
-                    info["extra_copy_ids"] = sorted(u for u, c in Counter(bal["id"]).items() if c > base[label_of[u]])
-            splits[f"{t_name}.{method}"] = (bal, "fine-tune", info)
-            step(f"{t_name}.{method}", "balanced", bal)
-        for k, sub in few_shot(t_table, few_shot_ks, seed).items():
-            splits[f"{t_name}.k{k}"] = (sub, "fine-tune", {
-                "from": t_name, "algorithm": f"few_shot: first {k} rows of each label's permutation (nested)",
-                "ids": list(sub["id"])})
-            step(f"{t_name}.k{k}", "few-shot", sub)
+            for name, (table, source, info) in splits.items():
+                _write_split(tmp, name, table, roots[source])
+                entry = {"source": source, "audio_root": roots[source], "rows": int(len(table)),
+                         "counts": label_counts(table),
+                         "id_file_sha256": _sha256(os.path.join(tmp, f"{name}.id"))}
+                entry.update(info)
+                derived[name] = entry
 
-        for name, (table, source, info) in splits.items():
-            _write_split(tmp, name, table, roots[source])
-            entry = {"source": source, "audio_root": roots[source], "rows": int(len(table)),
-                     "counts": label_counts(table),
-                     "id_file_sha256": _sha256(os.path.join(tmp, f"{name}.id"))}
-            entry.update(info)
-            derived[name] = entry
-
-        _write_lines(os.path.join(tmp, "labels.sent.txt"), classes)
-        shutil.copyfile(spm_model, os.path.join(tmp, "spm_char.model"))
-        shutil.copyfile(dict_txt, os.path.join(tmp, "dict.txt"))
-        if rejects.rows:
-            pd.DataFrame(rejects.rows, columns=["split", "file", "line", "id", "reason"]).to_csv(
-                os.path.join(tmp, "rejected.tsv"), sep="\t", index=False)
-        order = {}
-        for s in steps:
-            order.setdefault(s["split"], len(order))
-        steps.sort(key=lambda s: order[s["split"]])  # stable: each split's stages together, in processing order
-        inputs = {p: {"path": os.path.abspath(p), "sha256": _sha256(p)}
-                  for p in list(sources.values()) + [spm_model, dict_txt]}
-        report = {
-            "tool": "xmodal-prep-slue",
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seed": seed,
-            "options": options,
-            "inputs": {os.path.basename(p): v for p, v in inputs.items()},
-            "classes": classes,
-            "dropped_labels": dropped_labels,
-            "dropped": dropped,
-            "rejected": dict(Counter(r["split"] for r in rejects.rows)),
-            "training_split": t_name,
-            "audio": {"segmented_dir": os.path.abspath(segmented_dir) if segmented_dir else None,
-                      "sample_rate": SAMPLE_RATE, "utterances": len(jobs), "workers": workers,
-                      "seconds": round(audio_seconds, 2),
-                      "rule": "whole files <segmented_dir>/<split>/<id>.flac" if segmented_dir else
-                      "samples [int(start_second*16000), int(end_second*16000)) of <split>_raw/<id>.flac"},
-            "rng": RNG_ALGORITHM,
-            "steps": steps,
-            "splits": derived,
-            "unknown_chars": unknown_chars,
-            "warnings": warnings,
-        }
-        with open(os.path.join(tmp, "prep_report.json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        _publish(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _write_lines(os.path.join(tmp, "labels.sent.txt"), classes)
+            shutil.copyfile(spm_model, os.path.join(tmp, "spm_char.model"))
+            shutil.copyfile(dict_txt, os.path.join(tmp, "dict.txt"))
+            if rejects.rows:
+                pd.DataFrame(rejects.rows, columns=["split", "file", "line", "id", "reason"]).to_csv(
+                    os.path.join(tmp, "rejected.tsv"), sep="\t", index=False)
+            order = {}
+            for s in steps:
+                order.setdefault(s["split"], len(order))
+            steps.sort(key=lambda s: order[s["split"]])  # stable: each split's stages together, in processing order
+            inputs = {p: {"path": os.path.abspath(p), "sha256": _sha256(p)}
+                      for p in list(sources.values()) + [spm_model, dict_txt]}
+            report = {
+                "tool": "xmodal-prep-slue",
+                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "seed": seed,
+                "options": options,
+                "inputs": {os.path.basename(p): v for p, v in inputs.items()},
+                "classes": classes,
+                "dropped_labels": dropped_labels,
+                "dropped": dropped,
+                "rejected": dict(Counter(r["split"] for r in rejects.rows)),
+                "training_split": t_name,
+                "audio": {"segmented_dir": os.path.abspath(segmented_dir) if segmented_dir else None,
+                          "sample_rate": SAMPLE_RATE, "utterances": len(jobs), "workers": workers,
+                          "seconds": round(audio_seconds, 2),
+                          "rule": "whole files <segmented_dir>/<split>/<id>.flac" if segmented_dir else
+                          "samples [int(start_second*16000), int(end_second*16000)) of <split>_raw/<id>.flac"},
+                "rng": RNG_ALGORITHM,
+                "steps": steps,
+                "splits": derived,
+                "unknown_chars": unknown_chars,
+                "warnings": warnings,
+            }
+            with open(os.path.join(tmp, "prep_report.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1, ensure_ascii=False)
+                f.write("\n")
+            _publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     labels = classes + [lab for lab in dropped_labels if any(lab in s["counts"] for s in steps)]
     log(format_counts(steps, labels))
@@ -665,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"drop rows with this label (always dropped unless kept: {', '.join(DEFAULT_DROP)})")
     p.add_argument("--skip-bad", action="store_true", help="skip bad rows, list them in rejected.tsv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for the audio pass (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the audio pass (default: the CPUs this process may use, os.sched_getaffinity)")
     return p
 
 
@@ -677,13 +432,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             ks = [int(k) for k in _comma_list(args.few_shot)]
         except ValueError:
             raise DataPrepError(f"--few-shot {args.few_shot}: expected integers", fix="e.g. --few-shot 4,8,16")
-        prepare(args.slue_dir, args.out, args.spm, args.dict, segmented_dir=args.segmented_dir,
-                valid_from_fine_tune=args.valid_from_fine_tune, seed=args.seed, balance_methods=balance_methods,
-                few_shot_ks=ks, keep_labels=_comma_list(args.keep_label), drop_labels=_comma_list(args.drop_label),
-                skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
+        with stop_on_signals():  # also during the table checks, before prepare() has a temp folder
+            prepare(args.slue_dir, args.out, args.spm, args.dict, segmented_dir=args.segmented_dir,
+                    valid_from_fine_tune=args.valid_from_fine_tune, seed=args.seed, balance_methods=balance_methods,
+                    few_shot_ks=ks, keep_labels=_comma_list(args.keep_label), drop_labels=_comma_list(args.drop_label),
+                    skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
     except DataPrepError as e:
         print(f"xmodal-prep-slue: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only output location
+        from fairseq_xmodal.cli.errors import describe_os_error
+
+        print(f"xmodal-prep-slue: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"xmodal-prep-slue: interrupted by {e}: stopped the audio workers and removed the temp folder; "
+              f"{args.out} was not changed", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

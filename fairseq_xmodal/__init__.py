@@ -2,8 +2,9 @@
 
 Importing the package registers tasks `s2c` and `t2c`, models `speecht5_base` / `speecht5_tiny`, the criteria
 `xmodal_classification` and `xmodal_mona`, applies the package's fairseq patches (fairseq_patches.py: safe checkpoint
-loading, data-parallel training on CPU, task-state check on every rank), and registers the OmegaConf resolvers
-`${xmodal_user_dir:}` (config/*.yaml use it for `common.user_dir`) and `${xmodal_transplanted:}`.
+loading, checks before training starts from a checkpoint (training_guard.py), data-parallel training on CPU, task-state
+check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (config/*.yaml use it for
+`common.user_dir`) and `${xmodal_transplanted:}`.
 """
 import os
 

@@ -1,9 +1,11 @@
 """Building a task+model from a config and writing fairseq_xmodal checkpoints that every fairseq entry point takes
 (`checkpoint.finetune_from_model`, `restore_file` + resets, `load_model_ensemble_and_task`)."""
+import argparse
+import errno
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from fairseq import tasks
@@ -11,6 +13,9 @@ from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .safe_load import safe_torch_load
+
+TASKS = ("s2c", "t2c")
+MODELS = ("speecht5_base", "speecht5_tiny")
 
 
 def make_cfg(task: Dict[str, Any], model: Dict[str, Any], seed: int = 1) -> DictConfig:
@@ -44,23 +49,82 @@ def _mkstemp_beside(path: str):
     return fd, tmp
 
 
+def _no_space(directory: str) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
 def atomic_torch_save(obj, path: str):
     fd, tmp = _mkstemp_beside(path)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's zip writer reports ENOSPC/EIO as RuntimeError (iostream/write errors)
+            directory = os.path.dirname(os.path.abspath(path))
+            if _no_space(directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+            if not any(w in str(e) for w in ("write", "iostream", "inline_container")):
+                raise
+            raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({str(e).splitlines()[0][:100]})", path) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def atomic_write_json(obj, path: str):
+def atomic_write_text(text: str, path: str):
+    """Write `text` to a temp file beside `path`, then rename it into place; no temp file survives a failure."""
     fd, tmp = _mkstemp_beside(path)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_together(writers: Dict[str, Callable[[str], None]]):
+    """{target path: fn(tmp path) that writes it}: every target is replaced, or (on any error, e.g. a full disk)
+    none is and the previous files are back; no temp or backup file is left behind either way."""
+    temps: Dict[str, str] = {}
+    backups: Dict[str, str] = {}
+    placed: List[str] = []
+    try:
+        for target, write in writers.items():
+            fd, tmp = _mkstemp_beside(target)
+            os.close(fd)
+            temps[target] = tmp
+            try:
+                write(tmp)
+            except OSError as e:  # name the file the user asked for, not our temp file
+                raise OSError(e.errno, e.strerror, target) from None
+        for target in writers:
+            if os.path.exists(target):
+                backups[target] = f"{temps[target]}.old"
+                os.replace(target, backups[target])
+        for target in writers:
+            os.replace(temps[target], target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            os.remove(target)
+        for target, old in backups.items():
+            os.replace(old, target)
+        backups.clear()
+        raise
+    finally:
+        for path in list(temps.values()) + list(backups.values()):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def atomic_write_json(obj, path: str):
+    atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
 
 
 def save_checkpoint(path: str, cfg: DictConfig, model_state: Dict[str, torch.Tensor], task_state: Dict[str, Any],
@@ -83,3 +147,15 @@ def load_state(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     return safe_torch_load(path, map_location="cpu")
+
+
+def is_xmodal_checkpoint(state: Dict[str, Any]) -> bool:
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    return (isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and isinstance(cfg.get("task"), dict)
+            and cfg["model"].get("_name") in MODELS and cfg["task"].get("_name") in TASKS)
+
+
+def is_official_checkpoint(state: Dict[str, Any]) -> bool:
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    return isinstance(state, dict) and (isinstance(state.get("args"), argparse.Namespace) or (
+        isinstance(cfg, dict) and isinstance(cfg.get("model"), argparse.Namespace)))

@@ -13,7 +13,10 @@
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
    others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too.
 
-3. Task state on every rank: a checkpoint that a trainer loads (resume or finetune_from_model) must record the class
+3. Before fairseq's Trainer.load_checkpoint (training_guard.py): a truncated checkpoint_last.pt is repaired, an
+   official SpeechT5 checkpoint is refused with the command that converts it, a checkpoint of other labels or symbols
+   with xmodal-transfer's message.
+4. Task state on every rank: a checkpoint that a trainer loads (resume or finetune_from_model) must record the class
    labels (order included) and text symbols of the data it now trains on (evaluate.check_dictionaries, the check of
    xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
    every rank with status 2 and one line, instead of training a head whose rows mean other labels.
@@ -32,7 +35,7 @@ import warnings
 
 import torch
 
-from . import safe_load
+from . import safe_load, training_guard
 from .evaluation.evaluate import EvaluationError, check_dictionaries
 
 logger = logging.getLogger(__name__)
@@ -249,6 +252,7 @@ def check_loaded_state(state) -> None:
 
 
 def trainer_load_checkpoint(self, filename, *args, **kwargs):
+    training_guard.before_load(self, filename)  # repair of a truncated checkpoint_last.pt, refusals (single process)
     token = _loading.set((self, filename))
     try:
         return _original["Trainer.load_checkpoint"](self, filename, *args, **kwargs)

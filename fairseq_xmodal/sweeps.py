@@ -8,8 +8,8 @@ Every job of a sweep lives in `<hydra.sweep.dir>/<job name>`. The job name is bu
 `checkpoints/checkpoint_last.pt` again and fairseq resumes it with the same update count. In that folder:
 
   DONE                 written when training returned normally; a job started again with DONE present does nothing
-  sweep_status.jsonl   one JSON object per event: start / done / failed / skip / requeue (the last from the Slurm
-                       array script), with attempt numbers, Slurm ids, pid and host
+  sweep_status.jsonl   one JSON object per event: start / done / failed / skip / requeue / killed (the last two from
+                       the Slurm array script), with attempt numbers, Slurm ids, pid and host
   hydra_train.log      fairseq's log (Hydra), appended over attempts; xmodal-sweep-table parses it
   train.log            stdout+stderr of fairseq-hydra-train when run by the Slurm array script
 """
@@ -156,6 +156,13 @@ def checkpoint_is_complete(path: str) -> bool:
         return False
 
 
+def newest_complete_checkpoint(save_dir: str, exclude: str = "checkpoint_last.pt") -> Optional[str]:
+    """The most recently written complete `checkpoint*.pt` of save_dir other than `exclude`, or None."""
+    skip = os.path.join(save_dir, exclude)
+    candidates = [p for p in glob.glob(os.path.join(glob.escape(save_dir), "checkpoint*.pt")) if p != skip]
+    return max((p for p in candidates if checkpoint_is_complete(p)), key=os.path.getmtime, default=None)
+
+
 def repair_last_checkpoint(save_dir: str, last_name: str = "checkpoint_last.pt") -> Optional[str]:
     """Make `checkpoint_last.pt` the newest complete checkpoint before fairseq resumes from it.
 
@@ -165,9 +172,7 @@ def repair_last_checkpoint(save_dir: str, last_name: str = "checkpoint_last.pt")
     complete `checkpoint*.pt` holds the state fairseq meant to save, so it is copied (atomically) to checkpoint_last.pt.
     Returns a description of what was done, or None when nothing was needed."""
     last = os.path.join(save_dir, last_name)
-    candidates = [p for p in glob.glob(os.path.join(glob.escape(save_dir), "checkpoint*.pt")) if p != last]
-    complete = [p for p in candidates if checkpoint_is_complete(p)]
-    newest = max(complete, key=os.path.getmtime, default=None)
+    newest = newest_complete_checkpoint(save_dir, exclude=last_name)
     last_exists = os.path.exists(last)
     last_ok = last_exists and checkpoint_is_complete(last)
     if last_ok and (newest is None or os.path.getmtime(newest) <= os.path.getmtime(last)):
@@ -433,6 +438,8 @@ def read_job(job_dir: str, overrides: Optional[List[str]] = None, stale_after_s:
         status, error = "failed", last.get("error") or last_error_line(logs)
     elif last is not None and last.get("event") == "requeue":
         status = "requeued"
+    elif last is not None and last.get("event") == "killed":  # SIGKILL: OOM killer or node failure; resumable
+        status, error = "interrupted", last.get("error") or "killed by SIGKILL"
     elif last is not None and last.get("event") == "cancelled":
         status = "cancelled"
     elif last is None and finished_in_log:

@@ -4,12 +4,15 @@ The official `spm_char.model` has 79 pieces (ids 0-3 = <s>,<pad>,</s>,<unk>; id 
 4..78 in id order, so fairseq dictionary index == SentencePiece id. The task then appends <mask> and <ctc_blank>:
 V = 4 + 75 + 2 = 81. `make_char_vocab` builds a vocabulary with exactly that layout for tests and the demo.
 """
+import io
 import os
 import string
 import tempfile
 from typing import List, Tuple
 
 from fairseq.data import Dictionary
+
+from .data.utf8 import read_utf8
 
 # 74 characters + "▁" = 75 dictionary lines, as in the official vocabulary.
 CHARSET = string.ascii_lowercase + string.ascii_uppercase + string.digits + "'.,?!-:;\"()&"
@@ -20,7 +23,7 @@ def load_text_dictionary(dict_path: str) -> Dictionary:
     """dict.txt + <mask> + <ctc_blank>, exactly as the official task builds it (81 symbols for the official file)."""
     if not os.path.isfile(dict_path):
         raise FileNotFoundError(f"text dictionary {dict_path} not found: copy SpeechT5's dict.txt there")
-    d = Dictionary.load(dict_path)
+    d = Dictionary.load(io.StringIO(read_utf8(dict_path)))  # BOM stripped, non-UTF-8 named
     for sym in EXTRA_SYMBOLS:
         d.add_symbol(sym)
     return d
@@ -51,3 +54,13 @@ def make_char_vocab(out_dir: str, charset: str = CHARSET) -> Tuple[str, str]:
         for i in range(4, sp.get_piece_size()):
             f.write(f"{sp.id_to_piece(i)} 1\n")
     return model_path, dict_path
+
+
+def unencodable_chars(sp, text: str) -> List[str]:
+    """Characters of `text` that the SentencePiece model `sp` can only encode as <unk>, in order of appearance.
+
+    One rule for data preparation and t2c: such a transcript is a bad row (prep rejects it, --skip-bad leaves it
+    out; t2c refuses the folder naming the line), never a silent <unk>."""
+    unk = sp.unk_id()
+    bad = [p.replace("\u2581", "") for p in sp.encode(text, out_type=str) if p != "<unk>" and sp.piece_to_id(p) == unk]
+    return list(dict.fromkeys("".join(bad)))

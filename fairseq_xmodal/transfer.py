@@ -22,7 +22,6 @@ only taken from a checkpoint with the same classifier (its head reads other feat
 re-initialisation (--reinit head,pooler) to change it. Decoder keys of a decoder_query source are dropped, with that
 reason, when the target classifier builds no decoder (docs/methods/classifier_heads.md).
 """
-import argparse
 import copy
 import hashlib
 import logging
@@ -35,7 +34,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .checkpoints import atomic_write_json, build_task_and_model, load_state, make_cfg, save_checkpoint
+from .checkpoints import (MODELS, TASKS, atomic_write_json, build_task_and_model, is_official_checkpoint,  # noqa: F401
+                          is_xmodal_checkpoint, load_state, make_cfg, save_checkpoint)
 from .models import heads
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ GROUPS: Dict[str, str] = {  # selector name -> state-dict prefix
 CLASSIFIER_GROUPS = ("head", "pooler")  # what reads the classifier's features: only moved between equal classifiers
 LAYERED = ("encoder", "decoder")
 PRENET_OF_TASK = {"s2c": "speech_prenet", "t2c": "text_prenet"}
-TASKS = tuple(PRENET_OF_TASK)
-MODELS = ("speecht5_base", "speecht5_tiny")
+assert tuple(PRENET_OF_TASK) == TASKS
 ORIGINS = ("source", "modality", "init")
 # Task fields carried from the source checkpoint: they define the head layout, not the data folder.
 CARRIED_TASK_FIELDS = ("labels", "pad_class_dictionary")
@@ -392,18 +391,6 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def is_xmodal_checkpoint(state: Dict[str, Any]) -> bool:
-    cfg = state.get("cfg")
-    return (isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and isinstance(cfg.get("task"), dict)
-            and cfg["model"].get("_name") in MODELS and cfg["task"].get("_name") in TASKS)
-
-
-def is_official_checkpoint(state: Dict[str, Any]) -> bool:
-    cfg = state.get("cfg")
-    return isinstance(state.get("args"), argparse.Namespace) or (
-        isinstance(cfg, dict) and isinstance(cfg.get("model"), argparse.Namespace))
-
-
 def load_xmodal(path: str, role: str) -> LoadedCheckpoint:
     state = load_state(os.path.abspath(path))
     if not is_xmodal_checkpoint(state):
@@ -427,7 +414,7 @@ def load_modality(path: str, task: str, data: str) -> LoadedCheckpoint:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "imported.pt")
         try:
-            report = import_official(path, task, data, out)
+            report = import_official(path, task, data, out, state=state)  # the file is read once
         except ValueError as e:
             raise TransferError(f"--modality-from {path}: cannot import it on the fly ({e}). Import it with "
                                 f"xmodal-import-official (which takes --sid-dict etc.) and pass the result") from None

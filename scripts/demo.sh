@@ -17,7 +17,7 @@ step() { printf '\n=== %s\n' "$*"; }
 START=$(date +%s)
 
 step "1. A tiny SpeechT5 checkpoint in the official format (stands in for speecht5_base.pt) + its vocabulary"
-xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED"
+xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED" --overwrite
 
 step "2. A SLUE-VoxCeleb-format corpus spoken by espeak-ng (dev: 320 utterances, Neutral-heavy; sentiment in the words
         and, as in emotional speech, in pitch and rate: --prosody 2)"
@@ -32,7 +32,7 @@ xmodal-prep-slue --slue-dir "$OUT/slue-voxceleb" --out "$OUT/data" --spm "$OUT/p
 step "4. Import the pretrained checkpoint for s2c and t2c (strict, with a report)"
 for task in s2c t2c; do
   xmodal-import-official --checkpoint "$OUT/pretrained/speecht5_base.pt" --task $task --data "$OUT/data" \
-    --out "$OUT/init/$task.pt"
+    --out "$OUT/init/$task.pt" --seed "$SEED" --overwrite
 done
 
 train() {  # train <seed> <task> <run name> <init checkpoint> <train split> [overrides...]
@@ -87,7 +87,7 @@ for s in $SEEDS; do cat "$OUT/logs/seed$s.out"; done
 [ $failed = 0 ] || { echo "a seed's pipeline failed: see $OUT/logs"; exit 1; }
 
 step "9. Report over seeds: conditions (n, mean, std, 95% interval), comparisons with verdicts, plots"
-xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" \
+xmodal-report "$OUT/runs" "$OUT/evals" --out "$OUT/report" --overwrite \
   --compare t2c_from_s2c_k4=t2c_from_pretrained_k4 --compare t2c_from_s2c_k8=t2c_from_pretrained_k8 \
   --compare zero_shot_s2c_model_on_text=t2c_from_pretrained --compare zero_shot_t2c_model_on_speech=s2c_from_pretrained \
   2>"$OUT/logs/report.err" | tee "$OUT/logs/report.log" | grep -v "^wrote"

@@ -16,6 +16,8 @@
 #   the task requeues itself with `scontrol requeue $SLURM_JOB_ID` unless max_requeue restarts were used or a CANCEL
 #   file exists next to the table or in the job dir. Progress since the last checkpoint save is lost, so set
 #   checkpoint.save_interval_updates to what you can afford to recompute.
+# - SIGKILL (the out-of-memory killer, a node failure) cannot be trapped: the task records a `killed` event, and
+#   resubmitting the array resumes the job from checkpoint_last.pt exactly as a requeue does.
 # - To stop a sweep for good: touch <sweep dir>/slurm/CANCEL, then scancel the array.
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
@@ -109,6 +111,12 @@ if [ "$status" -eq 0 ]; then
     [ -e "$job_dir/DONE" ] || date -Iseconds > "$job_dir/DONE"
     say "finished"
     exit 0
+fi
+if [ "$status" -eq 137 ]; then  # 128 + SIGKILL: no trap ran, nothing was reported by the training itself
+    why="killed by SIGKILL (exit status 137): most likely the out-of-memory killer (sacct -j ${SLURM_JOB_ID:-<id>} -o JobID,State,MaxRSS,ReqMem; dmesg), or a node failure"
+    say "fairseq-hydra-train was $why. Resubmitting the array resumes it from $job_dir/checkpoints/checkpoint_last.pt, as after a requeue"
+    event killed ", \"error\": \"$why; resubmit to resume from checkpoint_last.pt\""
+    exit "$status"
 fi
 error=$(grep -E '^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt)\b' "$job_dir/train.log" | tail -n 1)
 say "fairseq-hydra-train exited with status $status: ${error:-see $job_dir/train.log}"

@@ -1,6 +1,6 @@
 """Numerical parity with HF transformers' SpeechT5 (speecht5.md §6), the independent reference implementation.
 
-The same random weights go into our `SpeechT5Classifier` and into HF through `official.to_hf_key` (our parameter names
+The same random weights go into our `SpeechT5Classifier` and into HF through `hf.to_hf_key` (our parameter names
 are the official ones). HF matches the official model (§6.1 "Verified"), so agreement here means agreement with the
 official forward of §2.2. Inputs are unpadded: on padded speech the two frame-padding rules differ by design (§6.2 #1,
 see `test_frame_padding_rule_differs_from_hf_as_documented`).
@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.speecht5 import modeling_speecht5 as hf_mod  # noqa: E402
 
 from fairseq_xmodal.models.modules import frame_padding_mask  # noqa: E402
-from fairseq_xmodal.models.official import SID_HEAD, to_hf_key  # noqa: E402
+from fairseq_xmodal.models.hf import hf_config as _hf_config, to_hf_key  # noqa: E402
+from fairseq_xmodal.models.official import SID_HEAD  # noqa: E402
 from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig  # noqa: E402
 
 TOL = 1e-5
@@ -37,24 +38,7 @@ TEXT_PRENET = re.compile(r"^text_encoder_prenet\.")
 
 
 def hf_config(cfg, **overrides):
-    layers = eval(cfg.conv_feature_layers)
-    zero = dict(positional_dropout=0.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                feat_proj_dropout=0.0, speech_decoder_prenet_dropout=0.0, speech_decoder_postnet_dropout=0.0,
-                encoder_layerdrop=0.0, decoder_layerdrop=0.0)
-    kw = dict(
-        vocab_size=VOCAB, pad_token_id=PAD, hidden_size=cfg.encoder_embed_dim,
-        encoder_layers=cfg.encoder_layers, encoder_attention_heads=cfg.encoder_attention_heads,
-        encoder_ffn_dim=cfg.encoder_ffn_embed_dim, decoder_layers=cfg.decoder_layers,
-        decoder_attention_heads=cfg.decoder_attention_heads, decoder_ffn_dim=cfg.decoder_ffn_embed_dim,
-        conv_dim=[d for d, _, _ in layers], conv_kernel=[k for _, k, _ in layers],
-        conv_stride=[s for _, _, s in layers],
-        conv_bias=False, feat_extract_norm="group", feat_extract_activation="gelu", hidden_act="gelu",
-        num_conv_pos_embeddings=cfg.conv_pos, num_conv_pos_embedding_groups=cfg.conv_pos_groups,
-        encoder_max_relative_position=cfg.max_relative_position, layer_norm_eps=1e-5, scale_embedding=False,
-        mask_time_prob=0.0, mask_feature_prob=0.0, use_cache=False, **zero,
-    )
-    kw.update(overrides)
-    return transformers.SpeechT5Config(**kw)
+    return _hf_config(cfg, VOCAB, PAD, **overrides)
 
 
 def max_abs(a, b):

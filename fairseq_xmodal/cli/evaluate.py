@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 
-from ..evaluation.evaluate import EvalConfig, EvaluationError, evaluate, summary_line
+from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
 from ..evaluation.shards import merge, parse_shard
 from .transfer import parse_task_args
+from .errors import EXPECTED, console_main, one_line
 
 
 def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
@@ -20,6 +21,7 @@ def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
                         f"{stem}.{task}.{os.path.basename(os.path.normpath(data))}.{split}")
 
 
+@console_main("xmodal-evaluate")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-evaluate", description=__doc__)
     p.add_argument("--checkpoint", help="fairseq_xmodal checkpoint (trained, transferred or imported)")
@@ -64,8 +66,8 @@ def main(argv=None):
                                     task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
                                     shard=shard, ci_level=args.ci_level,
                                     bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed))
-    except (EvaluationError, ValueError, FileNotFoundError) as e:
-        print(f"xmodal-evaluate: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(summary_line(m))
     for w in m["warnings"]:

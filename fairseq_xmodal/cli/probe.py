@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from .errors import EXPECTED, console_main, one_line
 
 
 def default_out_dir(checkpoint: str, modality: str, data: str, train: str, evaluation: str) -> str:
@@ -18,6 +19,7 @@ def default_out_dir(checkpoint: str, modality: str, data: str, train: str, evalu
                         f"{stem}.{modality}.{os.path.basename(os.path.normpath(data))}.{train}-{evaluation}")
 
 
+@console_main("xmodal-probe")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,8 +67,8 @@ def main(argv=None):
                               class_weight=args.class_weight, C=args.C, max_iter=args.max_iter,
                               batch_size=args.batch_size, max_tokens=args.max_tokens, cpu=args.cpu,
                               task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-probe: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-probe: error: {one_line(e)}", file=sys.stderr)
         return 2
     print("\n".join(table_lines(r)))
     for w in r["warnings"]:

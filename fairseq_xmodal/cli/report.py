@@ -24,8 +24,10 @@ def print_power(alpha: float):
           "of macro-F1, and the difference two independently evaluated models separate with 80% power")
     rows = stats.utterance_table(alpha=alpha)
     print(markdown_table(rows, list(rows[0])))
+from .errors import EXPECTED, console_main, one_line
 
 
+@console_main("xmodal-report")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-report", description=__doc__)
     p.add_argument("paths", nargs="*", help="run folders, evaluation folders, metrics.json files, or parents of them")
@@ -47,6 +49,7 @@ def main(argv=None):
                    help="permutations of the paired test of two single-seed evaluations (default 10000)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--power", action="store_true", help="print the power tables (seeds and dev utterances) and exit")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     args = p.parse_args(argv)
     if not 0 < args.alpha < 1 or args.permutations < 1:
         p.error("--alpha must be in (0, 1) and --permutations at least 1")
@@ -55,12 +58,14 @@ def main(argv=None):
         return 0
     if not args.paths or not args.out:
         p.error("give paths and --out (or --power)")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists and is not empty; choose another --out or pass --overwrite")
     try:
         report = build_report(args.paths, args.out, args.subset, args.compare,
                               args.group_by.split(",") if args.group_by else None, args.seed_key, args.alpha,
                               plot=not args.no_plots, permutations=args.permutations)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-report: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-report: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{len(report['results'])} evaluations in {len(report['seed_groups'])} conditions, "
           f"{len(report['learning'])} training runs")

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.evaluation import seeds
+from fairseq_xmodal.checkpoints import atomic_write_text
+from .errors import console_main, refuse_existing
 
 FIRST = ["job", "status"]
 LAST = ["num_updates", "max_update", "wall_s", "attempts", "requeues", "resumed_at", "overrides", "error", "path"]
@@ -174,6 +176,7 @@ def sweep_comparisons(groups: List[seeds.Group], metric: Optional[str], alpha: f
     return out
 
 
+@console_main("xmodal-sweep-table")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="xmodal-sweep-table", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -197,7 +200,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --markdown/--csv/--groups-csv files")
     args = parser.parse_args(argv)
+    for option, path in (("--markdown", args.markdown), ("--csv", args.csv), ("--groups-csv", args.groups_csv)):
+        if path:
+            refuse_existing(path, args.overwrite, option=option)
 
     rows = collect(args.sweep_dirs, args.stale_minutes)
     if not rows:
@@ -226,13 +233,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       + _markdown_plain(comps, [c for c in seeds.COMPARISON_COLUMNS if c not in ("task", "split")]))
         markdown += extra
         if args.groups_csv:
-            with open(args.groups_csv, "w") as f:
-                f.write(to_csv(group_rows, gcols))
+            atomic_write_text(to_csv(group_rows, gcols), args.groups_csv)
     sys.stdout.write(markdown if args.format == "markdown" else table_csv)
     for path, text in ((args.markdown, markdown), (args.csv, table_csv)):
         if path:
-            with open(path, "w") as f:
-                f.write(text)
+            atomic_write_text(text, path)
     return 0
 
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from ..models.heads import CLASSIFIERS
 from ..transfer import INIT_STRATEGIES, ORIGINS, TransferPlan, transfer
+from .errors import EXPECTED, console_main, one_line
 
 
 def parse_task_args(items):
@@ -26,6 +27,7 @@ def parse_task_args(items):
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
 
 
+@console_main("xmodal-transfer")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,8 +59,8 @@ def main(argv=None):
                             task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
                             classifier=args.classifier)
         report = transfer(plan)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-transfer: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-transfer: error: {one_line(e)}", file=sys.stderr)
         return 2
     print("\n".join(report.summary_lines()))
     print(f"wrote {report.out} and {report.out}.transfer.json")

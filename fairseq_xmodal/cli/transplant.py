@@ -25,6 +25,7 @@ from ..checkpoints import atomic_write_json, load_state
 from ..models.freezing import LAYERED, named_layers
 from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, sha256, transfer
 from .transfer import parse_task_args
+from .errors import EXPECTED, console_main, one_line
 
 FORMAT = "fairseq_xmodal.transplants/1"
 TRANSFERRED = "transferred"
@@ -70,6 +71,7 @@ def prepare(source: str, base: str, task: str, data: str, out_dir: str, group: s
     return manifest
 
 
+@console_main("xmodal-prepare-transplants")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-prepare-transplants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,8 +94,8 @@ def main(argv=None):
         manifest = prepare(args.source, args.base, args.task, args.data, args.out_dir, args.group,
                            [s for s in args.layers.split(",") if s], [s for s in args.inits.split(",") if s],
                            args.seed, parse_task_args(args.task_arg), args.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"xmodal-prepare-transplants: error: {e}", file=sys.stderr)
+    except EXPECTED as e:
+        print(f"xmodal-prepare-transplants: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{len(manifest['files'])} checkpoints in {os.path.abspath(args.out_dir)} "
           f"({manifest['group']}: {manifest['n_layers']} layers):")

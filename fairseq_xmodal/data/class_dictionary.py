@@ -9,6 +9,8 @@ from typing import List
 
 import torch
 
+from .utf8 import read_utf8_lines
+
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 PADDING_TAIL = ("<ctc_blank>", "<mask>")
 
@@ -31,8 +33,7 @@ class ClassDictionary:
             raise FileNotFoundError(
                 f"class dictionary {path} not found: write one label per line (e.g. Negative, Neutral, Positive)"
             )
-        with open(path) as f:
-            labels = [line.split()[0] for line in f if line.strip()]  # tolerate fairseq `label count` lines
+        labels = [line.split()[0] for line in read_utf8_lines(path) if line.strip()]  # `label count` lines too
         return cls(labels, padded, source=path)
 
     @property

@@ -13,6 +13,10 @@ from fairseq.data import data_utils
 from .labelled_dataset import LabelledDataset
 
 
+class AudioReadError(ValueError):
+    """A missing or unreadable audio file; the message names it, its manifest line and the fix."""
+
+
 class SpeechClassDataset(LabelledDataset):
     def __init__(self, root: str, files: List[str], sizes: List[int], labels: Optional[List[int]],
                  ids: Optional[List[str]], sample_rate: int, manifest: str,
@@ -40,10 +44,15 @@ class SpeechClassDataset(LabelledDataset):
 
     def load_audio(self, index: int) -> np.ndarray:
         path = os.path.join(self.root, self.files[index])
+        where = f"(manifest {self.manifest}, line {index + 2})"
+        if not os.path.isfile(path):
+            raise AudioReadError(f"audio file {path} {where} is missing: restore it, or re-run data preparation")
         try:
             wav, sr = sf.read(path, dtype="float32", always_2d=True)
         except Exception as e:  # soundfile raises several types; name the file either way
-            raise RuntimeError(f"cannot read audio {path} (manifest {self.manifest}, line {index + 2}): {e}") from e
+            reason = " ".join(str(e).split())[:200]
+            raise AudioReadError(f"cannot read audio {path} {where}: {reason}. The file is corrupt or truncated: "
+                                 f"restore it, or re-run data preparation") from None
         if sr != self.sample_rate:
             raise ValueError(
                 f"{path} is {sr} Hz but the task expects {self.sample_rate} Hz: resample it to {self.sample_rate} Hz "

@@ -3,13 +3,13 @@ import os
 from typing import List, Optional, Tuple
 
 from .class_dictionary import ClassDictionary
+from .utf8 import read_utf8_lines
 
 
 def read_lines(path: str, what: str) -> List[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found ({what}); run xmodal-prep-slue or see docs/data_format.md")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    return read_utf8_lines(path)
 
 
 def read_labels(data: str, split: str, ext: str, class_dict: ClassDictionary, expected: int) -> List[int]:

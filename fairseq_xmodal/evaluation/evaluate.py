@@ -21,8 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state, make_cfg
+from ..checkpoints import atomic_write_json, load_state, make_cfg, write_together
 from ..models import heads
+from ..progress import progress
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 from . import stats
@@ -159,7 +160,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
         except ValueError as e:  # the task's long-utterance message names training options
             raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
                                   f"unset (then only --batch-size limits a batch)") from None
-        for sample in itr:  # streamed: a test set of audio does not fit in memory at once
+        for sample in progress(itr, len(itr), f"evaluate {split}", unit="batch"):  # streamed, not all in memory
             if not sample:
                 continue
             sample = utils.move_to_cuda(sample) if device != "cpu" else sample
@@ -225,14 +226,12 @@ def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
 
 
 def write_predictions(path: str, pred: Predictions, labels: List[str]):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["id", "gold", "predicted"] + [f"p_{lab}" for lab in labels])
         for i, uid in enumerate(pred.ids):
             gold = labels[pred.gold[i]] if pred.gold is not None else ""
             w.writerow([uid, gold, labels[pred.pred[i]]] + [f"{p:.6f}" for p in pred.probs[i]])
-    os.replace(tmp, path)
 
 
 def checkpoint_info(state: Dict[str, Any], path: str) -> Dict[str, Any]:
@@ -319,8 +318,9 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
               "evaluation": evaluation}
     if cfg.shard is not None:
         result["shard"] = {"index": cfg.shard[0], "count": cfg.shard[1], "rows_of_split": split_rows}
-    write_predictions(targets[0], pred, labels)
-    atomic_write_json(result, targets[1])
+    # both files or neither: a metrics.json must never describe other predictions than the predictions.tsv beside it
+    write_together({targets[0]: lambda tmp: write_predictions(tmp, pred, labels),
+                    targets[1]: lambda tmp: atomic_write_json(result, tmp)})
     return result
 
 

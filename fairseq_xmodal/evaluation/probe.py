@@ -33,6 +33,7 @@ import torch
 
 from ..checkpoints import atomic_write_json, load_state
 from ..models import heads
+from ..progress import progress
 from ..transfer import GROUPS, PRENET_OF_TASK, is_official_checkpoint
 from . import metrics as M
 from .evaluate import EvaluationError, checkpoint_info, describe_path, load_for_evaluation
@@ -183,7 +184,7 @@ def extract_features(task, model, split: str, features: str = "encoder_mean", ba
     seen = np.zeros(n, dtype=np.int64)
     empty: List[int] = []
     with torch.inference_mode():
-        for sample in itr:
+        for sample in progress(itr, len(itr), f"probe features {split}", unit="batch"):
             if not sample:
                 continue
             sample = utils.move_to_cuda(sample) if device != "cpu" else sample

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .conv_features import ConvFeatureExtractor, GeluModule, conv_lengths, frame_padding_mask, gelu_fp32  # noqa: F401
+from .conv_spec import parse_conv_layers
 
 
 class GradMultiply(torch.autograd.Function):
@@ -54,7 +55,7 @@ class SpeechEncoderPrenet(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        layers = eval(cfg.conv_feature_layers)  # the official spec string, e.g. "[(512,10,5)] + [(512,3,2)] * 4"
+        layers = parse_conv_layers(cfg.conv_feature_layers, "the model config")  # parsed, never eval'd
         conv_dim, dim = layers[-1][0], cfg.encoder_embed_dim
         self.feature_extractor = ConvFeatureExtractor(layers)
         self.feature_extractor.checkpoint_activations = cfg.checkpoint_activations

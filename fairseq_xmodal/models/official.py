@@ -173,7 +173,7 @@ def write_official_checkpoint(path: str, cfg: SpeechT5Config, vocab_size: int = 
 
 class ImportReport(dict):
     def print(self, out=print):
-        out(f"official checkpoint: {self['source']}  ({self['kind']})")
+        out(f"{self.get('format', 'official')} checkpoint: {self['source']}  ({self['kind']}, seed {self.get('seed')})")
         for section in ("loaded", "ignored", "newly_initialised", "mapped_head_rows"):
             items = self.get(section, [])
             out(f"  {section}: {len(items)}")
@@ -182,23 +182,38 @@ class ImportReport(dict):
             groups[reason] = groups.get(reason, 0) + 1
         for reason, n in groups.items():
             out(f"    ignored {n:4d}  {reason}")
+        reasons = self.get("new_reasons") or {}
+        by_reason: Dict[str, List[str]] = {}
         for key in self["newly_initialised"]:
-            out(f"    new          {key}")
+            by_reason.setdefault(reasons.get(key, ""), []).append(key)
+        for reason, keys in by_reason.items():
+            what = keys[0] if len(keys) == 1 else f"{len(keys)} keys ({keys[0]}, ...)"
+            out(f"    new          {what}" + (f"  ({reason})" if reason else ""))
+        for note in self.get("notes") or []:
+            out(f"  note: {note}")
 
 
 def import_official(official_path: str, task_name: str, data: str, out_path: str,
                     sid_dict: Optional[str] = None, text_prenet_from: Optional[str] = None,
-                    model_overrides: Optional[dict] = None) -> ImportReport:
+                    model_overrides: Optional[dict] = None, seed: int = 1,
+                    state: Optional[dict] = None) -> ImportReport:
     """Convert an official checkpoint into a fairseq_xmodal checkpoint for `task_name` over the data folder `data`.
 
     Pretrain checkpoints: every key is loaded (shape-checked) or on IGNORED; the class head is new.
     SID checkpoints (`sid_dict` = the label dict.txt it was fine-tuned with): the head rows are mapped by label name;
     its text embedding is the label table, not the 81-symbol vocabulary, so the text prenet comes from
     `text_prenet_from` (a pretrain checkpoint) or, if not given, is reported as newly initialised.
+    Newly initialised keys are drawn from torch's generator seeded with `seed` (recorded), so two imports of the same
+    file are identical. `state`: the already loaded official checkpoint (callers that inspected it pass it, so the
+    file is read once).
     """
-    from ..checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
+    from ..checkpoints import is_xmodal_checkpoint, load_state
 
-    state = load_state(official_path)
+    if state is None:
+        state = load_state(official_path)
+    if is_xmodal_checkpoint(state):
+        raise ValueError(f"{official_path} is already a fairseq_xmodal checkpoint, not an official one: use "
+                         f"xmodal-transfer --source {official_path} to move it to another task")
     cfg_in = state.get("cfg") or {}
     margs = cfg_in.get("model") if isinstance(cfg_in, dict) else None
     margs = margs if margs is not None else state.get("args")
@@ -212,14 +227,28 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
                          f"was fine-tuned with) so its head rows can be matched to labels by name")
 
     dims = model_dims_from_args(margs, official_path)
-    model_cfg = {"_name": "speecht5_base", **dims, **(model_overrides or {})}
-    cfg = make_cfg({"_name": task_name, "data": os.path.abspath(data)}, model_cfg)
-    task, model = build_task_and_model(cfg)
-    ours = model.state_dict()
-    official = state["model"]
+    return import_state_dict(state["model"], dims, kind, official_path, task_name, data, out_path, sid_dict=sid_dict,
+                             text_prenet_from=text_prenet_from, model_overrides=model_overrides, seed=seed)
 
+
+def import_state_dict(official: Dict[str, torch.Tensor], dims: Dict[str, object], kind: str, official_path: str,
+                      task_name: str, data: str, out_path: str, sid_dict: Optional[str] = None,
+                      text_prenet_from: Optional[str] = None, model_overrides: Optional[dict] = None,
+                      seed: int = 1, source_format: str = "official", ignored_before: Optional[Dict[str, str]] = None,
+                      allowed_new: Optional[Dict[str, str]] = None, notes: Optional[List[str]] = None) -> ImportReport:
+    """The strict accounting of an official-named state dict (from a fairseq checkpoint, or mapped from HF: then
+    `ignored_before` holds the HF keys left out and why, `allowed_new` the keys the folder cannot provide and why)."""
+    from ..checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
+
+    model_cfg = {"_name": "speecht5_base", **dims, **(model_overrides or {})}
+    cfg = make_cfg({"_name": task_name, "data": os.path.abspath(data)}, model_cfg, seed=seed)
+    with torch.random.fork_rng(devices=[]):  # the new keys (class head) from a recorded seed; global RNG untouched
+        torch.manual_seed(seed)
+        task, model = build_task_and_model(cfg)
+    ours = model.state_dict()
+
+    loaded, ignored, mismatched, unexpected = [], dict(ignored_before or {}), [], []
     classifier = model.classifier
-    loaded, ignored, mismatched, unexpected = [], {}, [], []
     head_rows: Dict[str, str] = {}
     new_sd = dict(ours)
     text_key = "text_encoder_prenet.encoder_prenet.0.weight"
@@ -260,17 +289,25 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
             loaded.append(f"{key} (from {text_prenet_from})")
     loaded_keys = {k.split(" ")[0] for k in loaded}
     new_keys = [k for k in ours if k not in loaded_keys]
-    allowed_new = {SID_HEAD} if kind == "pretrain" else {k for k in ours if k.startswith("text_encoder_prenet.")}
-    allowed_new |= {k for k in ours if k.startswith(heads.POOLER_PREFIX)} | (
-        {SID_HEAD} if classifier != heads.DECODER_QUERY else set())  # an official model has no encoder head
+    if allowed_new is None:
+        allowed_new = {SID_HEAD: "class head (the checkpoint has none)"} if kind == "pretrain" else {
+            k: "text prenet of a SID checkpoint (its table is label-sized)" for k in ours
+            if k.startswith("text_encoder_prenet.")}
+    allowed_new = dict(allowed_new)
+    allowed_new.update({k: f"pooler of model.classifier={classifier} (an official model has none)" for k in ours
+                        if k.startswith(heads.POOLER_PREFIX)})
+    if classifier != heads.DECODER_QUERY:
+        allowed_new[SID_HEAD] = f"class head of model.classifier={classifier} (it reads pooled encoder features)"
     surprising = [k for k in new_keys if k not in allowed_new]
     if surprising:
         raise ValueError(f"{official_path}: the model needs keys the checkpoint lacks: {surprising}")
 
     model.load_state_dict(new_sd, strict=True)
-    report = ImportReport(source=os.path.abspath(official_path), kind=kind, task=task_name,
+    report = ImportReport(source=os.path.abspath(official_path), format=source_format, kind=kind, task=task_name,
                           loaded=sorted(loaded), ignored=ignored, newly_initialised=new_keys,
-                          mapped_head_rows=head_rows)
+                          new_reasons={k: allowed_new[k] for k in new_keys}, mapped_head_rows=head_rows, seed=seed,
+                          init=f"newly initialised keys: the model's own init under torch.manual_seed({seed})",
+                          notes=list(notes or []))
     save_checkpoint(out_path, cfg, model.state_dict(), task.state.state_dict, provenance={"import_official": dict(report)})
     return report
 
@@ -291,38 +328,3 @@ def _map_sid_head(weight, sid_dict_path, class_dictionary, where, head_rows) -> 
         rows.append(idx)
         head_rows[sym] = sid.symbols[idx]
     return weight[torch.tensor(rows)].clone()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HF transformers key map (speecht5.md §6.1), used by the parity test and the benchmarks
-
-_HF_RULES = [
-    (r"^speech_encoder_prenet\.feature_extractor\.conv_layers\.0\.2\.", "encoder.prenet.feature_encoder.conv_layers.0.layer_norm."),
-    (r"^speech_encoder_prenet\.feature_extractor\.conv_layers\.(\d+)\.0\.", r"encoder.prenet.feature_encoder.conv_layers.\1.conv."),
-    (r"^speech_encoder_prenet\.layer_norm\.", "encoder.prenet.feature_projection.layer_norm."),
-    (r"^speech_encoder_prenet\.post_extract_proj\.", "encoder.prenet.feature_projection.projection."),
-    (r"^speech_encoder_prenet\.pos_conv\.0\.weight_g$", "encoder.prenet.pos_conv_embed.conv.parametrizations.weight.original0"),
-    (r"^speech_encoder_prenet\.pos_conv\.0\.weight_v$", "encoder.prenet.pos_conv_embed.conv.parametrizations.weight.original1"),
-    (r"^speech_encoder_prenet\.pos_conv\.0\.bias$", "encoder.prenet.pos_conv_embed.conv.bias"),
-    (r"^speech_encoder_prenet\.mask_emb$", "encoder.prenet.masked_spec_embed"),
-    (r"^text_encoder_prenet\.encoder_prenet\.0\.", "encoder.prenet.embed_tokens."),
-    (r"^text_encoder_prenet\.encoder_prenet\.1\.alpha$", "encoder.prenet.encode_positions.alpha"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"encoder.wrapped_encoder.layers.\1.attention."),
-    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.wrapped_encoder.layers.\1.layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.fc1\.", r"encoder.wrapped_encoder.layers.\1.feed_forward.intermediate_dense."),
-    (r"^encoder\.layers\.(\d+)\.fc2\.", r"encoder.wrapped_encoder.layers.\1.feed_forward.output_dense."),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.wrapped_encoder.layers.\1.final_layer_norm."),
-    (r"^encoder\.layer_norm\.", "encoder.wrapped_encoder.layer_norm."),
-    (r"^encoder\.pos_emb\.pe_k\.", "encoder.wrapped_encoder.embed_positions.pe_k."),
-    (r"^decoder\.layers\.(\d+)\.fc1\.", r"decoder.wrapped_decoder.layers.\1.feed_forward.intermediate_dense."),
-    (r"^decoder\.layers\.(\d+)\.fc2\.", r"decoder.wrapped_decoder.layers.\1.feed_forward.output_dense."),
-    (r"^decoder\.layers\.(\d+)\.", r"decoder.wrapped_decoder.layers.\1."),
-]
-
-
-def to_hf_key(key: str) -> Optional[str]:
-    """Official key -> key of HF `SpeechT5Model` (no "speecht5." prefix), or None where HF has no counterpart."""
-    for pattern, repl in _HF_RULES:
-        if re.search(pattern, key):
-            return re.sub(pattern, repl, key)
-    return None

@@ -47,6 +47,29 @@ class ClassificationTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
+def check_data_folder(data: str) -> None:
+    """task.data must be an existing folder. A relative path is read from the working directory, which
+    fairseq-hydra-train changes to the run folder: say so, with the absolute path that was probably meant."""
+    if os.path.isdir(data):
+        return
+    hint = ""
+    if not os.path.isabs(data):
+        original = None
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.utils import get_original_cwd
+
+            original = get_original_cwd() if HydraConfig.initialized() else None
+        except (ImportError, ValueError):
+            pass
+        meant = os.path.abspath(os.path.join(original or os.getcwd(), data))
+        moved = f", which Hydra set to the run folder (you started in {original})" if original and \
+            os.path.realpath(original) != os.path.realpath(os.getcwd()) else ""
+        hint = (f"; a relative path is read from the working directory {os.getcwd()}{moved}: pass an absolute path"
+                + (f", e.g. task.data={meant}" if os.path.isdir(meant) else ""))
+    raise ValueError(f"task.data={data}: no such data folder{hint}")
+
+
 class ClassificationTask(FairseqTask):
     cfg: ClassificationTaskConfig
 
@@ -63,6 +86,7 @@ class ClassificationTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        check_data_folder(cfg.data)
         text_dict = load_text_dictionary(cfg.text_dictionary or os.path.join(cfg.data, "dict.txt"))
         class_dict = ClassDictionary.load(os.path.join(cfg.data, f"labels.{cfg.labels}.txt"), cfg.pad_class_dictionary)
         logger.info(f"text dictionary: {len(text_dict)} symbols; classes: {class_dict.labels} "

@@ -10,6 +10,7 @@ from fairseq.tasks import register_task
 from ..data.paired_dataset import pair_with_other_modality
 from ..data.split_files import read_ids, read_labels, read_lines
 from ..data.text_dataset import TextClassDataset
+from ..text_vocab import unencodable_chars
 from .base import ClassificationTask, ClassificationTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class T2CTask(ClassificationTask):
         pieces = self.spm.encode(text.strip(), out_type=str)
         if not pieces:
             raise ValueError(f"{where}: empty transcript; remove the row or fix its text")
+        bad = unencodable_chars(self.spm, text.strip())
+        if bad:  # the rule of data preparation (never a silent <unk>)
+            raise ValueError(f"{where}: transcript character(s) {''.join(bad)!r} cannot be encoded by {self.spm_path} "
+                             f"(SentencePiece would make them <unk>). xmodal-prep-slue rejects such rows (--skip-bad "
+                             f"leaves them out): re-run it, or fix the transcript")
         ids = []
         for p in pieces:
             i = self.text_dictionary.index(p)

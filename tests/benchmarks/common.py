@@ -3,7 +3,7 @@ the same inputs and the same dtype, plus peak-memory and timing helpers that wor
 
 HF harness (speecht5.md §6.1): SpeechT5Model(cfg, encoder=SpeechT5EncoderWithSpeechPrenet(cfg),
 decoder=SpeechT5DecoderWithoutPrenet(cfg)), decoder_input_values = zeros [B,1,H], class logits = a bias-free linear
-head (our head's weight) over last_hidden_state[:, 0]. Weights are copied with fairseq_xmodal.models.official.to_hf_key.
+head (our head's weight) over last_hidden_state[:, 0]. Weights are copied with fairseq_xmodal.models.hf.to_hf_key.
 """
 import gc
 import json
@@ -62,9 +62,10 @@ class HFClassifier(nn.Module):
         from transformers.models.speecht5.modeling_speecht5 import (SpeechT5DecoderWithoutPrenet,
                                                                     SpeechT5EncoderWithSpeechPrenet)
 
-        from fairseq_xmodal.models.official import to_hf_key
+        from fairseq_xmodal.models.conv_spec import parse_conv_layers
+        from fairseq_xmodal.models.hf import to_hf_key
 
-        layers = eval(cfg.conv_feature_layers)
+        layers = parse_conv_layers(cfg.conv_feature_layers)
         hf_cfg = HFConfig(
             vocab_size=81, hidden_size=cfg.encoder_embed_dim, encoder_layers=cfg.encoder_layers,
             encoder_attention_heads=cfg.encoder_attention_heads, encoder_ffn_dim=cfg.encoder_ffn_embed_dim,

@@ -1,0 +1,66 @@
+"""The audio pass of `xmodal-prep-slue`: cut every utterance out of its raw clip, on worker processes that die
+with the parent (process_control), with progress lines that show in Slurm logs."""
+import multiprocessing
+import os
+from typing import List, Optional, Tuple
+
+import soundfile as sf
+
+from .process_control import worker_init
+
+SAMPLE_RATE = 16000
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------------------------------------------
+
+def _audio_job(job: Tuple[str, Optional[str], float, float]) -> Tuple[Optional[int], Optional[str], Optional[str]]:
+    """Cut [int(start*sr), int(end*sr)) of src into dst (FLAC 16-bit); dst None = src already is the utterance.
+
+    Returns (samples written, None, None) or (None, reason, fix). Runs in a worker process.
+    """
+    src, dst, start_s, end_s = job
+    if not os.path.isfile(src):
+        return None, f"audio file {src} is missing", "restore the file from the release or remove the row"
+    try:
+        with sf.SoundFile(src) as f:
+            if f.samplerate != SAMPLE_RATE or f.channels != 1:
+                return None, (f"audio file {src} is {f.samplerate} Hz with {f.channels} channel(s), expected "
+                              f"{SAMPLE_RATE} Hz mono"), "convert it to 16 kHz mono (e.g. sox in.flac -r 16000 -c 1)"
+            if dst is None:
+                if f.frames < 1:
+                    return None, f"audio file {src} is empty", "re-segment the utterance or remove the row"
+                return int(f.frames), None, None
+            a, b = int(start_s * SAMPLE_RATE), int(end_s * SAMPLE_RATE)
+            if b > f.frames + 1:  # one sample of slack for the rounding of end_second
+                return None, (f"end_second={end_s} is beyond the end of {src} ({f.frames / SAMPLE_RATE:.4f} s)"), \
+                    "correct end_second or restore the full raw clip"
+            b = min(b, f.frames)
+            if b <= a:
+                return None, f"segment [{start_s}, {end_s}) is empty at {SAMPLE_RATE} Hz", "correct the times"
+            f.seek(a)
+            data = f.read(b - a, dtype="int16")  # int16 in and out: 16-bit sources are copied bit-exactly
+    except RuntimeError as e:  # soundfile's LibsndfileError (corrupt/unsupported file) is a RuntimeError
+        return None, f"audio file {src} is unreadable ({e})", "re-download or re-encode it"
+    if len(data) != b - a:
+        return None, f"audio file {src} is truncated (read {len(data)} of {b - a} samples)", "re-download it"
+    sf.write(dst, data, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return len(data), None, None
+
+
+def _run_audio_jobs(jobs: List[tuple], workers: int) -> List[tuple]:
+    """Every job's result, in order. Workers die with this process (process_control.worker_init); on any exception
+    here (SIGTERM/SIGINT arrive as process_control.Interrupted) the pool is terminated, not waited for."""
+    from fairseq_xmodal.progress import progress
+
+    if workers <= 1 or len(jobs) < 2:
+        return list(progress(map(_audio_job, jobs), len(jobs), "audio pass", unit="utt"))
+    pool = multiprocessing.Pool(processes=workers, initializer=worker_init)
+    try:
+        chunk = max(1, min(64, len(jobs) // (workers * 8)))
+        results = list(progress(pool.imap(_audio_job, jobs, chunksize=chunk), len(jobs), "audio pass", unit="utt"))
+        pool.close()
+        return results
+    finally:
+        pool.terminate()
+        pool.join()

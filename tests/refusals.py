@@ -1,0 +1,19 @@
+"""How a refusal must look from the outside: exit status 2, one line on stderr naming the file, no traceback."""
+
+
+def refusal_lines(stderr: str):
+    """stderr without the library chatter (logging, warnings) that is not the command's own message."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln
+            and not ln.startswith(("INFO:", "WARNING:", "  "))]
+
+
+def assert_refused(proc, path, *words):
+    """Exit 2, exactly one stderr line, naming `path` (and `words`), no traceback; returns the line."""
+    lines = refusal_lines(proc.stderr)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1, lines
+    assert str(path) in lines[0], lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
