@@ -149,8 +149,10 @@ def read_hf_folder(folder: str) -> Tuple[dict, Dict[str, object]]:
     return config, sd
 
 
-def import_hf_folder(folder: str, task_name: str, data: str, out_path: str, seed: int = 1):
-    """HF SpeechT5 folder -> fairseq_xmodal checkpoint for `task_name`; returns the import report (official.py)."""
+def import_hf_folder(folder: str, task_name: str, data: str, out_path: str, seed: int = 1,
+                     model_overrides: Optional[dict] = None):
+    """HF SpeechT5 folder -> fairseq_xmodal checkpoint for `task_name`; returns the import report (official.py).
+    model_overrides: model config fields of the result, e.g. {"classifier": "encoder_mean"}."""
     from ..checkpoints import build_task_and_model, make_cfg
     from .official import SID_HEAD, import_state_dict
 
