@@ -285,6 +285,25 @@ def describe_init_file(path: str) -> str:
     return describe_path(path)
 
 
+SHARD_FORMAT = "fairseq_xmodal.eval_shard/1"  # shards.py reads and merges what write_shard writes
+
+
+def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Predictions, labels: List[str],
+                head: Dict[str, Any], evaluation: Dict[str, Any], legacy: bool, majority_threshold: float,
+                ci: Tuple[float, int, int]) -> None:
+    """ci: (level, resamples, seed) of the bootstrap intervals, so that the merge computes the same ones."""
+    gold = np.asarray(pred.gold if pred.gold is not None else [-1] * len(pred.ids), dtype=np.int64)
+    tmp = os.path.join(out_dir, "shard.tmp.npz")
+    np.savez(tmp, rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
+             probs=pred.probs)
+    os.replace(tmp, os.path.join(out_dir, "shard.npz"))
+    atomic_write_json({"format": SHARD_FORMAT, "index": shard[0], "count": shard[1], "split_rows": split_rows,
+                       "has_gold": pred.gold is not None, "labels": list(labels), "head": head,
+                       "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold,
+                       "ci": list(ci)},
+                      os.path.join(out_dir, "shard.json"))
+
+
 def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
     if not 0 < cfg.ci_level < 1 or cfg.bootstrap_resamples < 2:
@@ -309,8 +328,6 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     ci = (cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed)  # the merge of shards uses the same intervals
     os.makedirs(out_dir, exist_ok=True)
     if cfg.shard is not None:  # one part of a sharded evaluation: shards.merge makes the whole of it
-        from .shards import write_shard
-
         split_rows = len(task.dataset(cfg.split))
         write_shard(out_dir, cfg.shard, split_rows, pred, labels, head, evaluation, cfg.legacy_metrics,
                     cfg.majority_threshold, ci)

@@ -13,11 +13,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..checkpoints import atomic_write_json
-from .evaluate import EvaluationError, Predictions, compute_metrics, write_predictions
-
-SHARD_FORMAT = "fairseq_xmodal.eval_shard/1"
-
+from ..checkpoints import atomic_write_json, write_together
+from .evaluate import SHARD_FORMAT, EvaluationError, Predictions, compute_metrics, write_predictions
 
 def parse_shard(text: str) -> Tuple[int, int]:
     """'i/n' -> (i, n), 0 <= i < n."""
@@ -28,22 +25,6 @@ def parse_shard(text: str) -> Tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise EvaluationError(f"--shard {text}: need 0 <= i < n")
     return i, n
-
-
-def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Predictions, labels: List[str],
-                head: Dict[str, Any], evaluation: Dict[str, Any], legacy: bool, majority_threshold: float,
-                ci: Tuple[float, int, int]) -> None:
-    """ci: (level, resamples, seed) of the bootstrap intervals, so that the merge computes the same ones."""
-    gold = np.asarray(pred.gold if pred.gold is not None else [-1] * len(pred.ids), dtype=np.int64)
-    tmp = os.path.join(out_dir, "shard.tmp.npz")
-    np.savez(tmp, rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
-             probs=pred.probs)
-    os.replace(tmp, os.path.join(out_dir, "shard.npz"))
-    atomic_write_json({"format": SHARD_FORMAT, "index": shard[0], "count": shard[1], "split_rows": split_rows,
-                       "has_gold": pred.gold is not None, "labels": list(labels), "head": head,
-                       "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold,
-                       "ci": list(ci)},
-                      os.path.join(out_dir, "shard.json"))
 
 
 def _read(shard_dir: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
@@ -98,6 +79,6 @@ def merge(shard_dirs: Sequence[str], out_dir: str, overwrite: bool = False) -> D
                                  *first["ci"]),
               "evaluation": first["evaluation"]}
     os.makedirs(out_dir, exist_ok=True)
-    write_predictions(targets[0], pred, first["labels"])
-    atomic_write_json(result, targets[1])
+    write_together({targets[0]: lambda tmp: write_predictions(tmp, pred, first["labels"]),  # both files or neither
+                    targets[1]: lambda tmp: atomic_write_json(result, tmp)})
     return result
