@@ -60,7 +60,13 @@ PATCHED = {
 
 
 def _fail(message: str):
-    print(f"fairseq-xmodal distributed: {message}", file=sys.stderr, flush=True)
+    # one write(2) per line: the ranks share stderr, and a line below PIPE_BUF is not interleaved with another's
+    line = f"fairseq-xmodal distributed: {message}\n"
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), line.encode(errors="backslashreplace"))
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured in-process)
+        print(line, end="", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_CANNOT_START)
 
 

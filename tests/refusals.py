@@ -1,10 +1,14 @@
 """How a refusal must look from the outside: exit status 2, one line on stderr naming the file, no traceback."""
+import re
+
+# fairseq_xmodal.progress writes "<step>: 34/336 utt (10%), 0 s, ..." to stderr when it is not a terminal
+PROGRESS_LINE = re.compile(r"^[\w .-]+: \d+(/\d+)? \S+( \(\d+%\))?, \d+ s")
 
 
 def refusal_lines(stderr: str):
-    """stderr without the library chatter (logging, warnings) that is not the command's own message."""
+    """stderr without the library chatter (logging, warnings, progress lines) that is not the command's own message."""
     return [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln
-            and not ln.startswith(("INFO:", "WARNING:", "  "))]
+            and not ln.startswith(("INFO:", "WARNING:", "  ")) and not PROGRESS_LINE.match(ln)]
 
 
 def assert_refused(proc, path, *words):

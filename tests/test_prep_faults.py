@@ -70,13 +70,15 @@ def start_and_wait_for_workers(cmd, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_and_workers_end(tmp_path, vocab, sig):
-    small_folder(tmp_path, n_copies=12)  # ~360 utterances: the pass lasts long enough to be interrupted
+    small_folder(tmp_path, n_copies=48)  # ~1300 utterances: the pass lasts seconds, long enough to be interrupted
     proc, workers = start_and_wait_for_workers(prep_cmd(tmp_path, vocab, "--workers", "2"), tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err
-    (line,) = refusal_lines(err)
+    lines = refusal_lines(err)
+    assert len(lines) == 1, lines
+    (line,) = lines
     assert f"interrupted by {signal.Signals(sig).name}" in line and str(tmp_path / "data") in line
     assert not list(tmp_path.glob("data*"))  # no temp folder, no output
     deadline = time.time() + 10
@@ -86,7 +88,7 @@ def test_signal_stops_cleanly_and_workers_end(tmp_path, vocab, sig):
 
 
 def test_sigkill_leaves_no_workers_and_the_next_run_names_the_temp_folder(tmp_path, vocab):
-    small_folder(tmp_path, n_copies=12)
+    small_folder(tmp_path, n_copies=48)
     proc, workers = start_and_wait_for_workers(prep_cmd(tmp_path, vocab, "--workers", "2"), tmp_path)
     proc.kill()  # SIGKILL: no handler runs
     proc.communicate(timeout=60)
