@@ -1,6 +1,6 @@
 """fairseq-xmodal: SpeechT5 speech (s2c) and text (t2c) classifiers and cross-modal transfer, as a fairseq user-dir.
 
-Importing the package registers tasks `s2c` and `t2c`, models `speecht5_base` / `speecht5_tiny`, the criteria
+Importing the package registers tasks `s2c` and `t2c`, model `speecht5` (sizes: config/model/*.yaml), the criteria
 `xmodal_classification` and `xmodal_mona`, applies the package's fairseq patches (fairseq_patches.py: safe checkpoint
 loading, checks before training starts from a checkpoint (training_guard.py), data-parallel training on CPU, task-state
 check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (config/*.yaml use it for

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from .safe_load import safe_torch_load
 
 TASKS = ("s2c", "t2c")
-MODELS = ("speecht5_base", "speecht5_tiny")
+MODELS = ("speecht5", "speecht5_base", "speecht5_tiny")  # speecht5_*: names of the sizes before 0.2
 
 
 def make_cfg(task: Dict[str, Any], model: Dict[str, Any], seed: int = 1) -> DictConfig:

@@ -17,7 +17,7 @@ import fairseq_xmodal  # noqa: E402,F401  (registers tasks/models/criterion)
 from corpus import write_corpus  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, "config")
+CONFIG_DIR = os.path.join(REPO, "fairseq_xmodal", "config")
 BIN = os.path.dirname(sys.executable)
 
 

@@ -164,7 +164,7 @@ def import_hf_folder(folder: str, task_name: str, data: str, out_path: str, seed
 
     with torch.device("meta"):
         _, probe = build_task_and_model(make_cfg({"_name": task_name, "data": os.path.abspath(data)},
-                                                 {"_name": "speecht5_base", **dims}))
+                                                 {"_name": "speecht5", **dims}))
     ours = list(probe.state_dict())
     hf_to_ours = {to_hf_key(k): k for k in ours if to_hf_key(k)}
 

@@ -240,7 +240,7 @@ def import_state_dict(official: Dict[str, torch.Tensor], dims: Dict[str, object]
     `ignored_before` holds the HF keys left out and why, `allowed_new` the keys the folder cannot provide and why)."""
     from ..checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
 
-    model_cfg = {"_name": "speecht5_base", **dims, **(model_overrides or {})}
+    model_cfg = {"_name": "speecht5", **dims, **(model_overrides or {})}
     cfg = make_cfg({"_name": task_name, "data": os.path.abspath(data)}, model_cfg, seed=seed)
     with torch.random.fork_rng(devices=[]):  # the new keys (class head) from a recorded seed; global RNG untouched
         torch.manual_seed(seed)

@@ -8,13 +8,13 @@ encoder output (encoder_mean, encoder_attentive, layer_weighted; no decoder is b
 module tree, so a checkpoint of either loads key for key into the other.
 """
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, BaseFairseqModel, register_model, register_model_architecture
 
 from . import freezing, heads, modules
 
@@ -99,7 +99,8 @@ class SpeechT5Config(FairseqDataclass):
 
 @dataclass
 class SpeechT5TinyConfig(SpeechT5Config):
-    """A few-MB SpeechT5 with the same structure, for tests and the demo on CPU."""
+    """A few-MB SpeechT5 with the same structure, for tests and the demo on CPU: the preset of
+    config/model/speecht5_tiny.yaml (tests/test_configs.py keeps the two equal), not a registered model."""
 
     encoder_embed_dim: int = 64
     encoder_ffn_embed_dim: int = 128
@@ -134,7 +135,7 @@ def init_bert_params(module: nn.Module):
                 module.weight[module.padding_idx].zero_()
 
 
-@register_model("speecht5_base", dataclass=SpeechT5Config)
+@register_model("speecht5", dataclass=SpeechT5Config)
 class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
     """Freezing and training stages (set_frozen, set_num_updates, in_embedder_warmup, ...): models/freezing.py."""
 
@@ -243,6 +244,23 @@ def _substituted(module, prefix, params):
     return lambda *args: torch.func.functional_call(module, sub, args)
 
 
-@register_model("speecht5_tiny", dataclass=SpeechT5TinyConfig)
-class SpeechT5TinyClassifier(SpeechT5Classifier):
-    """Same model, tiny defaults (a separate registry entry so dims come from the dataclass, not an arch hook)."""
+def _legacy_size(preset):
+    """Architecture function of a pre-0.2 model name: fill what the cfg lacks from that size's preset."""
+    def fill(cfg):
+        for f in fields(preset):
+            if f.name != "_name" and not hasattr(cfg, f.name):
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                setattr(cfg, f.name, default)
+    return fill
+
+
+# One model, `speecht5`; its sizes are presets (config/model/speecht5_base.yaml, speecht5_tiny.yaml). Before, each
+# size was a registered model, so checkpoints written then carry cfg.model._name = speecht5_base / speecht5_tiny:
+# these stay loadable as architectures of `speecht5` (fairseq builds ARCH_MODEL_REGISTRY names with the model class
+# and calls the architecture function on the cfg; a checkpoint's cfg holds every field, so nothing is filled).
+# fairseq's add_defaults would merge the name's *model* dataclass, i.e. the base dims, into a hand-written
+# {_name: speecht5_tiny}; dropping the name -> model entry leaves such a cfg to the architecture function, which fills
+# it from the right preset.
+for _name, _preset in (("speecht5_base", SpeechT5Config), ("speecht5_tiny", SpeechT5TinyConfig)):
+    register_model_architecture("speecht5", _name)(_legacy_size(_preset))
+    ARCH_MODEL_NAME_REGISTRY.pop(_name)

@@ -1,19 +1,103 @@
-"""Hydra discovers this at start-up, before it composes any config. Importing fairseq_xmodal here registers the s2c/t2c
-tasks, the models and the criterion in fairseq's registries and Hydra's ConfigStore, and the `${xmodal_user_dir:}`
-resolver that config/*.yaml use for `common.user_dir`, so plain `fairseq-hydra-train --config-dir config ...` works
-from any directory without editing a path."""
+"""Hydra discovers this module in every Hydra app of the environment, at start-up, before it composes a config. It
+puts fairseq-xmodal's packaged configs (fairseq_xmodal/config/, package data of any install, editable or not) on the
+search path, so `fairseq-hydra-train --config-name s2c_base task.data=...` works from any directory; `--config-dir DIR`
+still adds a user's own configs, which may extend the packaged ones through their `defaults` list.
+
+It must stay light: it imports only the standard library and Hydra. In particular it must not import `fairseq_xmodal`,
+whose __init__ registers tasks/models (torch, fairseq: ~3.5 s, the root logger set to DEBUG, a tensorboardX notice in
+every Hydra app). `importlib.util.find_spec` locates the package's folder without executing its __init__; the
+package is imported only inside fairseq's own Hydra apps (fairseq-hydra-train), which have loaded torch and fairseq
+already and need the registrations before they compose (see manipulate_search_path).
+
+It also turns an unknown `--config-name` of fairseq-hydra-train into a one-line error (exit 2). Without this, fairseq's
+`hydra_init(cfg_name)` stores its empty FairseqConfig in Hydra's ConfigStore under whatever name was asked for (the
+`structured://` source, last on the search path), so a name that no config folder has, e.g. `t2c_demo` when the
+configs are not on the path, silently composes an empty config and fails later with "Key 'data' is not in struct".
+"""
+import importlib.util
 import os
+import sys
+from typing import List, Optional
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-import fairseq_xmodal  # noqa: F401
+PROVIDER = "fairseq-xmodal"
 
-_REPO_CONFIG = os.path.join(os.path.dirname(fairseq_xmodal.USER_DIR), "config")
+
+def packaged_config_dir() -> Optional[str]:
+    """fairseq_xmodal/config of the installed package (a real folder: Hydra's file:// source), found without import."""
+    spec = importlib.util.find_spec("fairseq_xmodal")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "config")
+    return path if os.path.isdir(path) else None
+
+
+def _is_fairseq_app(search_path: ConfigSearchPath) -> bool:
+    """fairseq-hydra-train (and xmodal-slurm-array, which runs it): the app's own config folder is fairseq/config."""
+    return any(e.provider == "main" and os.path.normpath(str(e.path)).endswith(os.path.join("fairseq", "config"))
+               for e in search_path.get_path())
+
+
+def _requested_config(argv: List[str]) -> Optional[str]:
+    """--config-name/-cn from argv (Hydra's own parser would exit on foreign arguments)."""
+    for i, arg in enumerate(argv):
+        for flag in ("--config-name", "-cn"):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+    return None
+
+
+def _config_dir_arg(argv: List[str]) -> Optional[str]:
+    for i, arg in enumerate(argv):
+        for flag in ("--config-dir", "-cd"):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+    return None
+
+
+def _found(search_path: ConfigSearchPath, name: str, config_dir: Optional[str]) -> bool:
+    from hydra._internal.sources_registry import SourcesRegistry
+
+    paths = [(e.provider, str(e.path)) for e in search_path.get_path() if not str(e.path).startswith("structured://")]
+    if config_dir:
+        paths.append(("command-line", f"file://{os.path.abspath(config_dir)}"))
+    for provider, path in paths:
+        scheme = path.split("://", 1)[0] if "://" in path else "file"
+        if "://" not in path:
+            path = f"file://{path}"
+        try:
+            if SourcesRegistry.instance().resolve(scheme)(provider, path).is_config(name):
+                return True
+        except Exception:  # an unreadable folder is Hydra's to report, not ours
+            continue
+    return False
 
 
 class XmodalSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        # Source checkouts (pip install -e): `--config-name s2c_base` also works without --config-dir.
-        if os.path.isdir(_REPO_CONFIG):
-            search_path.append(provider="fairseq-xmodal", path=f"file://{_REPO_CONFIG}")
+        config = packaged_config_dir()
+        if config is not None:
+            search_path.append(provider=PROVIDER, path=f"file://{config}")
+        if not _is_fairseq_app(search_path):
+            return
+        # fairseq-hydra-train has imported torch and fairseq already. fairseq applies the dataclass defaults of
+        # task/model/criterion (add_defaults) and resolves `${xmodal_user_dir:}` before it imports common.user_dir,
+        # so the registrations must exist now; in any other Hydra app nothing of fairseq_xmodal is imported.
+        if "fairseq" in sys.modules:
+            importlib.import_module("fairseq_xmodal")
+        name = _requested_config(sys.argv[1:])
+        if name is None or name == "config":  # fairseq's own default primary config
+            return
+        config_dir = _config_dir_arg(sys.argv[1:])
+        if not _found(search_path, name, config_dir):
+            where = [os.path.abspath(config_dir)] if config_dir else []
+            where += [config] if config else []
+            print(f"fairseq-hydra-train: no config named '{name}' in the config search path ({', '.join(where)}); "
+                  f"check the name, or give the folder that holds {name}.yaml with --config-dir DIR", file=sys.stderr)
+            sys.exit(2)
