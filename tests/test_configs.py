@@ -9,22 +9,33 @@ import sys
 import pytest
 from fairseq.dataclass.utils import merge_with_parent
 from fairseq.models import MODEL_DATACLASS_REGISTRY
+from fairseq.dataclass.initialize import hydra_init
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.file_config_source import FileConfigSource
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from conftest import BIN, CONFIG_DIR
 from fairseq_xmodal.models.speecht5 import SpeechT5Config, SpeechT5TinyConfig
+from hydra_plugins.xmodal import adopt_fairseq_schema
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "config_golden.json")
 
 
 def composed(name, overrides):
     """What fairseq-hydra-train trains with: the composed job config (resolved, common.user_dir left out, model
-    completed with its dataclass defaults as fairseq's add_defaults does) and the Hydra settings a sweep depends on."""
+    completed with its dataclass defaults as fairseq's add_defaults does) and the Hydra settings a sweep depends on.
+    As in fairseq-hydra-train: FairseqConfig stored under the config name, then the plugin's adopt_fairseq_schema."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.1"):
-        cfg = compose(name, overrides=["task.data=/data", *overrides], return_hydra_config=True)
+    hydra_init(name)
+    adopt_fairseq_schema(name, FileConfigSource("test", f"file://{CONFIG_DIR}"))
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.1"):
+            cfg = compose(name, overrides=["task.data=/data", *overrides], return_hydra_config=True)
+    finally:
+        ConfigStore.instance().repo.pop(f"{name}.yaml", None)
+        ConfigStore.instance().repo.pop("fairseq_schema", None)
     h = cfg.hydra
     hydra = {"run": OmegaConf.to_container(h.run), "sweep": OmegaConf.to_container(h.sweep),
              "callbacks": OmegaConf.to_container(h.callbacks), "job_config": OmegaConf.to_container(h.job.config),
@@ -42,8 +53,10 @@ def composed(name, overrides):
 
 
 def test_configs_resolve_to_the_recorded_values():
-    """tests/data/config_golden.json was composed from the configs before they inherited from each other (each a
-    full copy, sizes as two registered models): every config and sweep composes to exactly the same values."""
+    """tests/data/config_golden.json was composed, as fairseq-hydra-train composes (FairseqConfig schema included),
+    from the configs before they inherited from each other (each a full copy, sizes as two registered models): every
+    config and sweep composes to exactly the same values, fairseq's defaults included. Without adopt_fairseq_schema
+    the inheriting configs would get fairseq's defaults (lr 0.25, max_update 0, cpu false, ...)."""
     with open(GOLDEN) as f:
         golden = json.load(f)
     assert len(golden) == 23

@@ -61,7 +61,9 @@ def _config_dir_arg(argv: List[str]) -> Optional[str]:
     return None
 
 
-def _found(search_path: ConfigSearchPath, name: str, config_dir: Optional[str]) -> bool:
+def _primary_source(search_path: ConfigSearchPath, name: str, config_dir: Optional[str]):
+    """The first config source of the search path (as Hydra orders it: --config-dir last before the schemas) that
+    has config `name`, or None."""
     from hydra._internal.sources_registry import SourcesRegistry
 
     paths = [(e.provider, str(e.path)) for e in search_path.get_path() if not str(e.path).startswith("structured://")]
@@ -72,11 +74,37 @@ def _found(search_path: ConfigSearchPath, name: str, config_dir: Optional[str]) 
         if "://" not in path:
             path = f"file://{path}"
         try:
-            if SourcesRegistry.instance().resolve(scheme)(provider, path).is_config(name):
-                return True
+            source = SourcesRegistry.instance().resolve(scheme)(provider, path)
+            if source.is_config(name):
+                return source
         except Exception:  # an unreadable folder is Hydra's to report, not ours
             continue
-    return False
+    return None
+
+
+def adopt_fairseq_schema(name: str, source) -> None:
+    """Make fairseq's FairseqConfig defaults an explicit defaults-list entry instead of a same-name schema.
+
+    fairseq-hydra-train stores FairseqConfig in the ConfigStore under the requested config name, and Hydra merges a
+    primary config with a same-name schema ("automatic schema matching", deprecated since Hydra 1.1): the schema's
+    defaults then override every value that the primary's defaults list composed before its `_self_`, so a config
+    that extends another (`defaults: [s2c_base, _self_]`) would train with fairseq's defaults instead of the recipe's.
+    For a primary that composes anything before `_self_`, the same-name entry is moved to the group option
+    `fairseq_schema/config`; the packaged recipes list `optional fairseq_schema: config` first (so do configs that
+    extend them), which merges the same defaults at the start. Configs without such a defaults list keep fairseq's
+    behaviour."""
+    from hydra.core.config_store import ConfigStore
+
+    defaults = source.load_config(name).config.get("defaults") if source is not None else None
+    entries = [str(d) for d in (defaults or [])]
+    if not entries or entries[0] == "_self_":
+        return
+    repo = ConfigStore.instance().repo
+    schema = repo.get(f"{name}.yaml")
+    if schema is None:
+        return
+    repo.pop(f"{name}.yaml", None)
+    ConfigStore.instance().store(group="fairseq_schema", name="config", node=schema.node, package="_global_")
 
 
 class XmodalSearchPathPlugin(SearchPathPlugin):
@@ -92,12 +120,15 @@ class XmodalSearchPathPlugin(SearchPathPlugin):
         if "fairseq" in sys.modules:
             importlib.import_module("fairseq_xmodal")
         name = _requested_config(sys.argv[1:])
+        name = name[:-len(".yaml")] if name and name.endswith(".yaml") else name
         if name is None or name == "config":  # fairseq's own default primary config
             return
         config_dir = _config_dir_arg(sys.argv[1:])
-        if not _found(search_path, name, config_dir):
+        source = _primary_source(search_path, name, config_dir)
+        if source is None:
             where = [os.path.abspath(config_dir)] if config_dir else []
             where += [config] if config else []
             print(f"fairseq-hydra-train: no config named '{name}' in the config search path ({', '.join(where)}); "
                   f"check the name, or give the folder that holds {name}.yaml with --config-dir DIR", file=sys.stderr)
             sys.exit(2)
+        adopt_fairseq_schema(name, source)
