@@ -13,7 +13,7 @@ all: test
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements/runtime.txt requirements/test.txt requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/test.txt requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools<81" wheel
 	@# torch first and pinned (the local CPU wheel); the constraints file keeps every later install on it.
@@ -22,8 +22,8 @@ $(STAMP): setup.py requirements/runtime.txt requirements/test.txt requirements/c
 	$(BIN)/pip install -q --no-deps --no-build-isolation fairseq-fixed==0.12.3.1
 	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/runtime.txt
 	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/test.txt
-	@# compat mode puts the checkout on sys.path, so Hydra finds hydra_plugins/xmodal (see docs/install.md).
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@# the checkout itself, editable (pyproject.toml; Hydra finds hydra_plugins/xmodal and the packaged configs)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, fairseq, fairseq_xmodal; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
@@ -40,7 +40,7 @@ demo: venv system-deps
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/demo.sh $(DEMO_OUT)
 
 bench: venv
-	$(BIN)/python -m tests.benchmarks.run_all --quick   # all four benchmarks, < 10 min on 2 CPU cores
+	$(BIN)/python -m benchmarks.run_all --quick   # all four benchmarks, < 10 min on 2 CPU cores
 
 # The GPU benchmark in one call (scripts/gpu_bench.sh, docs/performance.md). On a bare GPU machine whose Python has
 # CUDA torch and transformers: copy the checkout and a wheelhouse/ made by `make wheelhouse`, then `make bench-gpu`.

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU benchmark in one call (docs/performance.md): on a bare machine whose Python has CUDA torch and transformers
 # but none of our other dependencies, install those from a local wheel folder (no network), then run
-# tests/benchmarks/gpu_bench.py: benchmarks 1-4 in fp32 and bf16, the largest batch of 15.6 s utterances in 80 GB,
+# benchmarks/gpu_bench.py: benchmarks 1-4 in fp32 and bf16, the largest batch of 15.6 s utterances in 80 GB,
 # one JSON and one markdown table. About 8 minutes on one H100/H200.
 #
 #   make wheelhouse                      # beforehand, where the package registries are reachable (same Python minor)
@@ -72,5 +72,5 @@ print('\n'.join(p for p in sys.path if p and os.path.isdir(p) and not p.startswi
 fi
 
 cd "$REPO"
-say "running tests/benchmarks/gpu_bench.py ${ARGS[*]:-} with $PY"
-PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} exec "$PY" -m tests.benchmarks.gpu_bench ${ARGS[@]+"${ARGS[@]}"}
+say "running benchmarks/gpu_bench.py ${ARGS[*]:-} with $PY"
+PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} exec "$PY" -m benchmarks.gpu_bench ${ARGS[@]+"${ARGS[@]}"}

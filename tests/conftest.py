@@ -1,4 +1,5 @@
 """Shared fixtures: a learnable corpus, a tiny official-format SpeechT5 checkpoint, and a real fairseq-hydra-train."""
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -11,13 +12,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 import fairseq_xmodal  # noqa: E402,F401  (registers tasks/models/criterion)
-from corpus import write_corpus  # noqa: E402
+from corpus import write_corpus  # noqa: E402  (tests/ is on sys.path: pyproject's pytest `pythonpath`)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, "fairseq_xmodal", "config")
+# the packaged configs of the fairseq_xmodal under test (the Hydra plugin puts the same folder on the search path)
+CONFIG_DIR = str(importlib.resources.files("fairseq_xmodal") / "config")
 BIN = os.path.dirname(sys.executable)
 
 

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from conftest import BIN, CONFIG_DIR
+from conftest import BIN, CONFIG_DIR, run_cli
 from fairseq_xmodal.models.speecht5 import SpeechT5Config, SpeechT5TinyConfig
 from hydra_plugins.xmodal import adopt_fairseq_schema
 
@@ -137,3 +137,25 @@ def test_packaged_config_found_from_any_directory(tmp_path, config):
     assert mine.optimization.max_update == 7
     mine.optimization.max_update = job.optimization.max_update
     assert mine == job
+
+
+def test_checkpoint_with_old_model_name_evaluates_identically(imported_init, corpus_dir, tmp_path):
+    """A checkpoint written before the rename holds every model field and `_name: speecht5_tiny`: it loads through the
+    legacy architecture and evaluates to the same predictions and metrics as under the new name."""
+    import torch
+
+    new = imported_init["t2c"]
+    state = torch.load(new, weights_only=False)
+    assert state["cfg"]["model"]["_name"] == "speecht5" and state["cfg"]["model"]["encoder_layers"] == 2
+    state["cfg"]["model"]["_name"] = "speecht5_tiny"
+    old = str(tmp_path / "old_name.pt")
+    torch.save(state, old)
+    outputs = []
+    for ckpt, name in ((new, "new"), (old, "old")):
+        out = tmp_path / name
+        run_cli(["xmodal-evaluate", "--checkpoint", ckpt, "--task", "t2c", "--data", corpus_dir, "--split", "valid",
+                 "--out-dir", str(out)])
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = {k: v for k, v in metrics.items() if "checkpoint" not in k}
+        outputs.append(((out / "predictions.tsv").read_text(), metrics))
+    assert outputs[0] == outputs[1]

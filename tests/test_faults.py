@@ -12,8 +12,9 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, hydra_train, run_cli
+from conftest import hydra_train, run_cli
 from fairseq_xmodal import sweeps
+from fairseq_xmodal.cli import slurm_array
 from fairseq_xmodal.checkpoints import load_state
 from refusals import assert_refused
 
@@ -223,7 +224,7 @@ def test_sigkilled_array_job_is_reported_killed_and_resumes(tmp_path):
     train.chmod(0o755)
     env = {**os.environ, "XMODAL_TABLE": str(table), "XMODAL_CONFIG_DIR": "/unused", "XMODAL_CONFIG_NAME": "x",
            "XMODAL_TRAIN": str(train), "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "77"}
-    script = os.path.join(REPO, "slurm", "array_job.sh")
+    script = slurm_array.TEMPLATE
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 137
     assert "killed by SIGKILL" in first.stdout and "out-of-memory" in first.stdout and "resumes" in first.stdout

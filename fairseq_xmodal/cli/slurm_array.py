@@ -24,6 +24,7 @@ import argparse
 import copy
 import datetime
 import hashlib
+import importlib.resources
 import os
 import re
 import shlex
@@ -33,8 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from fairseq_xmodal import sweeps
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEMPLATE = os.path.join(REPO, "slurm", "array_job.sh")
+# package data of any install (pyproject.toml), never relative to a checkout
+TEMPLATE = str(importlib.resources.files("fairseq_xmodal") / "slurm" / "array_job.sh")
+CONFIG_DIR = str(importlib.resources.files("fairseq_xmodal") / "config")
 # hydra overrides that only matter to the multirun itself, not to a single job run by the array script
 _MULTIRUN_ONLY = ("hydra.launcher", "hydra/launcher", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.run",
                   "hydra.mode", "hydra.job.config.override_dirname")
@@ -175,7 +177,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "  xmodal-slurm-array --config-dir config --config-name sweep_lr_batch task.data=/abs/data \\\n"
                "    hydra.sweep.dir=/scratch/me/sweeps/lr hydra.launcher.partition=gpu --submit\n"
                "See docs/sweeps.md.")
-    parser.add_argument("--config-dir", "-cd", required=True, help="as for fairseq-hydra-train (e.g. config)")
+    parser.add_argument("--config-dir", "-cd", default=CONFIG_DIR,
+                        help="as for fairseq-hydra-train: a folder of your own configs (default: the packaged ones, "
+                             f"{CONFIG_DIR})")
     parser.add_argument("--config-name", "-cn", required=True, help="the sweep config, e.g. sweep_lr_batch")
     parser.add_argument("--submit", action="store_true", help="run sbatch on the generated script")
     parser.add_argument("--sbatch", default="sbatch", help="sbatch command (default: sbatch on PATH)")

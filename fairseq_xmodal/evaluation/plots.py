@@ -17,7 +17,10 @@ def _pyplot():
     import logging
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # the root logger may be at DEBUG (see report docs)
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:  # an optional dependency: the [report] extra
+        raise ImportError("the report's plots need matplotlib: pip install 'fairseq-xmodal[report]' (or --no-plots)") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

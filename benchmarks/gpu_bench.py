@@ -5,7 +5,7 @@ that the whole call fits in 8 minutes on one H100/H200 including installation an
   1. one s2c training step on a 15.6 s utterance: ours vs HF transformers vs ours with activation checkpointing
      (activation and step peak memory, seconds per step);
   max batch: the largest batch of 15.6 s utterances whose training step fits in 80 GB (ours, ours + checkpointing)
-     and its utterances/s (tests/benchmarks/max_batch.py);
+     and its utterances/s (benchmarks/max_batch.py);
   4. evaluation throughput, batch 1 vs max_tokens buckets (ours, then HF);
   3. training throughput, batch 1 x update_freq 16 vs buckets x update_freq 4 (ours, then HF);
   2. step memory and time at 5, 10, 20 s (ours, HF).
@@ -15,7 +15,7 @@ Writes <out>/gpu_bench.json (every worker's full result) and <out>/gpu_bench.md 
 `--device cpu --quick` runs the same items at toy sizes (tiny model, 1 s utterances, a 16 MB cap, 6 utterances for
 throughput) so that the whole pipeline is exercised on CPU (tests/test_gpu_bench.py, `make bench-gpu-smoke`).
 
-    python -m tests.benchmarks.gpu_bench --device cuda --out bench_out/gpu
+    python -m benchmarks.gpu_bench --device cuda --out bench_out/gpu
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from tests.benchmarks import common
+from benchmarks import common
 
 DTYPES = ("fp32", "bf16")
 
@@ -42,24 +42,24 @@ def plan(a):
         for impl, ckpt in (("ours", False), ("hf", False), ("ours", True)):
             args = ["--impl", impl, "--seconds", seconds, "--size", size, "--dtype", dtype, "--memory", "both",
                     "--repeats", 0 if quick else 2, *base] + (["--checkpoint-activations"] if ckpt else [])
-            items.append((f"bench1/{impl}{'+ckpt' if ckpt else ''}", dtype, "tests.benchmarks.train_step", args))
+            items.append((f"bench1/{impl}{'+ckpt' if ckpt else ''}", dtype, "benchmarks.train_step", args))
     for dtype in DTYPES:
         for ckpt in (False, True):
             args = ["--seconds", seconds, "--cap-gb", cap, "--size", size, "--dtype", dtype, *base,
                     "--timed-steps", 1 if quick else 3, "--max-batch", 8 if quick else 512]
-            items.append((f"max_batch/ours{'+ckpt' if ckpt else ''}", dtype, "tests.benchmarks.max_batch",
+            items.append((f"max_batch/ours{'+ckpt' if ckpt else ''}", dtype, "benchmarks.max_batch",
                           args + (["--checkpoint-activations"] if ckpt else [])))
     throughput = ["--size", size] + (["--utterances", 6, "--per-update", 2, "--bucket-update-freq", 1,
                                       "--max-tokens", "400000"] if quick else [])
     for bench in ("eval", "train"):
         for impl in ("ours", "hf"):
             for dtype in DTYPES:
-                items.append((f"bench{4 if bench == 'eval' else 3}/{impl}", dtype, "tests.benchmarks.throughput",
+                items.append((f"bench{4 if bench == 'eval' else 3}/{impl}", dtype, "benchmarks.throughput",
                               ["--bench", bench, "--impl", impl, "--dtype", dtype, *throughput, *base]))
     for dtype in DTYPES:
         for s in ((1.0, 2.0) if quick else (5.0, 10.0, 20.0)):
             for impl in ("ours", "hf"):
-                items.append((f"bench2/{impl}/{s:g}s", dtype, "tests.benchmarks.train_step",
+                items.append((f"bench2/{impl}/{s:g}s", dtype, "benchmarks.train_step",
                               ["--impl", impl, "--seconds", s, "--size", size, "--dtype", dtype, "--memory",
                                "activations", *base]))
     return items
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     out = {"device": a.device, "mode": "quick" if a.quick else "full", "machine": common.machine_info(),
            "budget_s": a.budget_s, "bench1_seconds": 1.0 if a.quick else 15.6, "cap_gb": 0.016 if a.quick else 80.0,
-           "command": " ".join([sys.executable, "-m", "tests.benchmarks.gpu_bench"] + list(argv or sys.argv[1:])),
+           "command": " ".join([sys.executable, "-m", "benchmarks.gpu_bench"] + list(argv or sys.argv[1:])),
            "items": []}
     start = time.perf_counter()
     failed = 0

@@ -8,7 +8,7 @@ torch.cuda.max_memory_allocated):
   act_peak_mib:  gradient buffers already exist (steady state), so the peak is activations + temporaries only.
 Time: seconds per step, the minimum over the process's steps (the first one included).
 
-    python -m tests.benchmarks.train_step --impl ours|hf --seconds 15.6 [--checkpoint-activations]
+    python -m benchmarks.train_step --impl ours|hf --seconds 15.6 [--checkpoint-activations]
 """
 import argparse
 import json
@@ -16,7 +16,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tests.benchmarks.common import DTYPES, SAMPLE_RATE, PeakMemory, build, synthetic_batch, timer
+from benchmarks.common import DTYPES, SAMPLE_RATE, PeakMemory, build, synthetic_batch, timer
 
 
 def frames(samples: int) -> int:

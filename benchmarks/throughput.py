@@ -9,7 +9,7 @@
   (max_tokens_valid), plus how far batched logits are from batch-1 logits (padding is not free: the official frame
   padding rule and the positional convolution see the padded tail).
 
-    python -m tests.benchmarks.throughput --bench train|eval --impl ours|hf [--size tiny|base]
+    python -m benchmarks.throughput --bench train|eval --impl ours|hf [--size tiny|base]
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import data_utils
 
-from tests.benchmarks.common import DTYPES, build, slue_like_lengths, synthetic_batch
+from benchmarks.common import DTYPES, build, slue_like_lengths, synthetic_batch
 
 
 def bucketed(lengths, max_tokens, seed=0):

@@ -1,8 +1,8 @@
 """Run benchmarks 1-4 (docs/performance.md) and print ours / HF transformers ratios measured in this run.
 
-    .venv/bin/python -m tests.benchmarks.run_all --quick            # < 10 min on a 2-core CPU
-    .venv/bin/python -m tests.benchmarks.run_all --json out.json    # full set
-    .venv/bin/python -m tests.benchmarks.run_all --device cuda      # on a GPU (memory: torch.cuda.max_memory_allocated)
+    .venv/bin/python -m benchmarks.run_all --quick            # < 10 min on a 2-core CPU
+    .venv/bin/python -m benchmarks.run_all --json out.json    # full set
+    .venv/bin/python -m benchmarks.run_all --device cuda      # on a GPU (memory: torch.cuda.max_memory_allocated)
 
 Every training-step configuration (implementation x length x checkpointing) runs in its own process (train_step.py),
 forked from this launcher before any model ran (--spawn, and always on CUDA: a fresh interpreter), so memory figures
@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from tests.benchmarks import common
-from tests.benchmarks.common import machine_info
+from benchmarks import common
+from benchmarks.common import machine_info
 
 BENCH1_SECONDS = (15.6, 31.2)
 BENCH2_SECONDS = (5.0, 10.0, 20.0, 40.0)
@@ -37,7 +37,7 @@ def train_step(args, impl, seconds, ckpt=False, memory="activations"):
     if ckpt:
         cmd.append("--checkpoint-activations")
     t = time.perf_counter()
-    r = run_worker(args, "tests.benchmarks.train_step", cmd)
+    r = run_worker(args, "benchmarks.train_step", cmd)
     r["wall_s"] = round(time.perf_counter() - t, 1)
     print(f"    {impl:4s} {'ckpt' if ckpt else '    '} {seconds:5.1f} s audio ({r['frames']} frames): "
           f"act {r.get('act_peak_mib', '-')} MiB, step {r.get('step_peak_mib', '-')} MiB, {r['time_s']} s/step "
@@ -103,7 +103,7 @@ def bench3(args, out):
           f"update_freq 16 vs max_tokens buckets x update_freq 4", flush=True)
     res = {}
     for impl in ("hf", "ours"):
-        res[impl] = run_worker(args, "tests.benchmarks.throughput", ["--bench", "train", "--impl", impl, "--size", size,
+        res[impl] = run_worker(args, "benchmarks.throughput", ["--bench", "train", "--impl", impl, "--size", size,
                                                                  "--device", args.device, "--dtype", args.dtype,
                                                                  "--threads", args.threads])
     out["bench3"] = res
@@ -116,7 +116,7 @@ def bench4(args, out):
           flush=True)
     res = {}
     for impl in ("hf", "ours"):
-        res[impl] = run_worker(args, "tests.benchmarks.throughput", ["--bench", "eval", "--impl", impl, "--size", size,
+        res[impl] = run_worker(args, "benchmarks.throughput", ["--bench", "eval", "--impl", impl, "--size", size,
                                                                  "--device", args.device, "--dtype", args.dtype,
                                                                  "--threads", args.threads])
     out["bench4"] = res
@@ -172,7 +172,7 @@ def main():
     common.preload()
     info = machine_info()
     print("machine:", json.dumps(info))
-    print("command:", " ".join([sys.executable, "-m", "tests.benchmarks.run_all"] + sys.argv[1:]), flush=True)
+    print("command:", " ".join([sys.executable, "-m", "benchmarks.run_all"] + sys.argv[1:]), flush=True)
     out = {"machine": info, "args": vars(args)}
     t = time.perf_counter()
     for n in args.only.split(","):

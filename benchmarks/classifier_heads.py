@@ -1,8 +1,8 @@
 """Cost of each model.classifier head relative to decoder_query, measured in one run (docs/methods/classifier_heads.md).
 
-    .venv/bin/python -m tests.benchmarks.classifier_heads                  # speecht5_base dims, CPU, ~3 min
-    .venv/bin/python -m tests.benchmarks.classifier_heads --size tiny --repeats 5
-    .venv/bin/python -m tests.benchmarks.classifier_heads --device cuda --json heads.json
+    .venv/bin/python -m benchmarks.classifier_heads                  # speecht5_base dims, CPU, ~3 min
+    .venv/bin/python -m benchmarks.classifier_heads --size tiny --repeats 5
+    .venv/bin/python -m benchmarks.classifier_heads --device cuda --json heads.json
 
 For every head: parameter counts (whole model, and the classifier part: decoder + pooler + class projection), and
 the wall time of an s2c and a t2c evaluation forward (eval, no_grad) and training step (train mode, forward +
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tests.benchmarks import common
+from benchmarks import common
 
 HEADS = ("decoder_query", "encoder_mean", "encoder_attentive", "layer_weighted")
 

@@ -7,7 +7,7 @@ process is also held to the cap with torch.cuda.set_per_process_memory_fraction,
 141 GB H200 is what an 80 GB H100/A100 can run. Search: doubling from 1, then bisection between the last fit and the
 first miss (about 2 log2(B) steps).
 
-    python -m tests.benchmarks.max_batch --seconds 15.6 --cap-gb 80 [--checkpoint-activations] [--dtype bf16]
+    python -m benchmarks.max_batch --seconds 15.6 --cap-gb 80 [--checkpoint-activations] [--dtype bf16]
 """
 import argparse
 import json
@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tests.benchmarks.common import DTYPES, SAMPLE_RATE, PeakMemory, build, release_cached_memory, synthetic_batch
+from benchmarks.common import DTYPES, SAMPLE_RATE, PeakMemory, build, release_cached_memory, synthetic_batch
 
 
 def main(argv=None) -> dict:
