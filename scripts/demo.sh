@@ -5,7 +5,6 @@
 # SEED seeds the stand-in checkpoint, the corpus and the data split; the training seeds are SEED, SEED+1, SEED+2.
 set -euo pipefail
 OUT=$(realpath -m "${1:-demo_out}")
-CONFIG=$(cd "$(dirname "$0")/../config" && pwd)
 SEED=${SEED:-1}
 SEEDS=${SEEDS:-"$SEED $((SEED + 1)) $((SEED + 2))"}
 S2C_UPDATES=${S2C_UPDATES:-600}
@@ -37,7 +36,7 @@ done
 
 train() {  # train <seed> <task> <run name> <init checkpoint> <train split> [overrides...]
   local seed=$1 task=$2 name=$3 init=$4 split=$5; shift 5
-  fairseq-hydra-train --config-dir "$CONFIG" --config-name ${task}_demo task.data="$OUT/data" \
+  fairseq-hydra-train --config-name ${task}_demo task.data="$OUT/data" \
     dataset.train_subset="$split" dataset.valid_subset=valid common.seed="$seed" \
     checkpoint.finetune_from_model="$init" hydra.run.dir="$OUT/runs/seed$seed/$name" "$@" \
     > "$OUT/logs/seed$seed/$name.log" 2>&1 || { tail -30 "$OUT/logs/seed$seed/$name.log"; return 1; }
