@@ -1,5 +1,6 @@
 """Shared fixtures: a learnable corpus, a tiny official-format SpeechT5 checkpoint, and a real fairseq-hydra-train."""
 import importlib.resources
+import re
 import os
 import shutil
 import subprocess
@@ -119,3 +120,33 @@ def dict_folder(root, corpus_dir, labels=None, edit_dict=None):
         with open(path, "w") as f:
             f.writelines(edit_dict(lines))
     return str(root)
+
+
+# ------------------------------------------------------------------------------------------------ markers
+# `integration` (pyproject.toml declares it): the test starts real processes (console scripts, fairseq-hydra-train,
+# a sweep, an installed wheel) or needs a fixture that does. Everything else is a fast unit test:
+#   pytest -m "not integration"     (the unit tests, about a minute)      pytest -m integration     (end to end)
+# A test module may also mark itself (`pytestmark = pytest.mark.integration`); the rule below classifies the rest, so
+# a new test needs no bookkeeping.
+_PROCESS_FIXTURES = {"official_tiny", "imported_init"}
+_PROCESS_CALLS = re.compile(r"\b(run_cli|hydra_train|shared_run|shared_transfer|t2c_from_s2c|subprocess\.|Popen|"
+                            r"slurm_array\.main|_generate|cli_main)\b")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("integration"):
+            continue
+        # the test function and every fixture it uses (transitively: fixturenames is the closure)
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        funcs = [getattr(item, "function", None)] + [d.func for ds in defs.values() for d in ds]
+        sources = []
+        for fn in funcs:
+            try:
+                sources.append(inspect.getsource(fn) if fn is not None else "")
+            except (OSError, TypeError):
+                pass
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or _PROCESS_CALLS.search("\n".join(sources)):
+            item.add_marker(pytest.mark.integration)

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.integration  # a real benchmark run through scripts/gpu_bench.sh
 
 SCRIPT = os.path.join(REPO, "scripts", "gpu_bench.sh")
 

@@ -82,7 +82,7 @@ def _primary_source(search_path: ConfigSearchPath, name: str, config_dir: Option
     return None
 
 
-def adopt_fairseq_schema(name: str, source) -> None:
+def adopt_fairseq_schema(name: str, source) -> bool:
     """Make fairseq's FairseqConfig defaults an explicit defaults-list entry instead of a same-name schema.
 
     fairseq-hydra-train stores FairseqConfig in the ConfigStore under the requested config name, and Hydra merges a
@@ -92,19 +92,31 @@ def adopt_fairseq_schema(name: str, source) -> None:
     For a primary that composes anything before `_self_`, the same-name entry is moved to the group option
     `fairseq_schema/config`; the packaged recipes list `optional fairseq_schema: config` first (so do configs that
     extend them), which merges the same defaults at the start. Configs without such a defaults list keep fairseq's
-    behaviour."""
+    behaviour. Returns whether it moved the entry."""
     from hydra.core.config_store import ConfigStore
 
     defaults = source.load_config(name).config.get("defaults") if source is not None else None
     entries = [str(d) for d in (defaults or [])]
     if not entries or entries[0] == "_self_":
-        return
+        return False
     repo = ConfigStore.instance().repo
     schema = repo.get(f"{name}.yaml")
     if schema is None:
-        return
-    repo.pop(f"{name}.yaml", None)
+        return False
+    repo.pop(f"{name}.yaml")
     ConfigStore.instance().store(group="fairseq_schema", name="config", node=schema.node, package="_global_")
+    return True
+
+
+def _fairseq_schema_names() -> List[str]:
+    """Config names under which fairseq's hydra_init stored FairseqConfig in this process (compared by class name:
+    fairseq is not imported here)."""
+    from hydra.core.config_store import ConfigNode, ConfigStore
+    from omegaconf import OmegaConf
+
+    return [key[:-len(".yaml")] for key, node in list(ConfigStore.instance().repo.items())
+            if isinstance(node, ConfigNode) and key.endswith(".yaml")
+            and getattr(OmegaConf.get_type(node.node), "__name__", "") == "FairseqConfig"]
 
 
 class XmodalSearchPathPlugin(SearchPathPlugin):
@@ -112,23 +124,23 @@ class XmodalSearchPathPlugin(SearchPathPlugin):
         config = packaged_config_dir()
         if config is not None:
             search_path.append(provider=PROVIDER, path=f"file://{config}")
-        if not _is_fairseq_app(search_path):
-            return
-        # fairseq-hydra-train has imported torch and fairseq already. fairseq applies the dataclass defaults of
-        # task/model/criterion (add_defaults) and resolves `${xmodal_user_dir:}` before it imports common.user_dir,
-        # so the registrations must exist now; in any other Hydra app nothing of fairseq_xmodal is imported.
-        if "fairseq" in sys.modules:
-            importlib.import_module("fairseq_xmodal")
-        name = _requested_config(sys.argv[1:])
-        name = name[:-len(".yaml")] if name and name.endswith(".yaml") else name
-        if name is None or name == "config":  # fairseq's own default primary config
-            return
-        config_dir = _config_dir_arg(sys.argv[1:])
-        source = _primary_source(search_path, name, config_dir)
-        if source is None:
-            where = [os.path.abspath(config_dir)] if config_dir else []
-            where += [config] if config else []
-            print(f"fairseq-hydra-train: no config named '{name}' in the config search path ({', '.join(where)}); "
-                  f"check the name, or give the folder that holds {name}.yaml with --config-dir DIR", file=sys.stderr)
-            sys.exit(2)
-        adopt_fairseq_schema(name, source)
+        fairseq_app = _is_fairseq_app(search_path)
+        config_dir = _config_dir_arg(sys.argv[1:]) if fairseq_app else None
+        if fairseq_app:
+            # fairseq-hydra-train has imported torch and fairseq already. fairseq applies the dataclass defaults of
+            # task/model/criterion (add_defaults) and resolves `${xmodal_user_dir:}` before it imports
+            # common.user_dir, so the registrations must exist now; no other Hydra app imports fairseq_xmodal here.
+            if "fairseq" in sys.modules:
+                importlib.import_module("fairseq_xmodal")
+            name = _requested_config(sys.argv[1:])
+            name = name[:-len(".yaml")] if name and name.endswith(".yaml") else name
+            if name is not None and name != "config" and _primary_source(search_path, name, config_dir) is None:
+                where = [os.path.abspath(config_dir)] if config_dir else []
+                where += [config] if config else []
+                print(f"fairseq-hydra-train: no config named '{name}' in the config search path "
+                      f"({', '.join(where)}); check the name, or give the folder that holds {name}.yaml with "
+                      f"--config-dir DIR", file=sys.stderr)
+                sys.exit(2)
+        # wherever fairseq's hydra_init ran (fairseq-hydra-train, or a compose() that mimics it)
+        for name in _fairseq_schema_names():
+            adopt_fairseq_schema(name, _primary_source(search_path, name, config_dir))
