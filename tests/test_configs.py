@@ -159,3 +159,16 @@ def test_checkpoint_with_old_model_name_evaluates_identically(imported_init, cor
         metrics = {k: v for k, v in metrics.items() if "checkpoint" not in k}
         outputs.append(((out / "predictions.tsv").read_text(), metrics))
     assert outputs[0] == outputs[1]
+
+
+def test_a_users_config_of_a_packaged_name_wins(tmp_path):
+    """--config-dir comes before the packaged configs on the search path."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "t2c_demo.yaml").write_text("defaults:\n  - s2c_demo\n  - _self_\noptimization:\n"
+                                                     "  max_update: 11\n")
+    proc = subprocess.run([os.path.join(BIN, "fairseq-hydra-train"), "--config-dir", "mine", "--config-name",
+                           "t2c_demo", "task.data=/x", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = OmegaConf.create(proc.stdout[proc.stdout.index("common:"):])
+    assert job.optimization.max_update == 11 and job.task._name == "s2c" and job.common.cpu is True

@@ -122,10 +122,14 @@ def _fairseq_schema_names() -> List[str]:
 class XmodalSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         config = packaged_config_dir()
-        if config is not None:
-            search_path.append(provider=PROVIDER, path=f"file://{config}")
         fairseq_app = _is_fairseq_app(search_path)
         config_dir = _config_dir_arg(sys.argv[1:]) if fairseq_app else None
+        if config_dir and os.path.isdir(config_dir):
+            # Hydra adds --config-dir later, after the plugins' entries: put it before ours too, so that a config of
+            # the user's wins over a packaged one of the same name (Hydra's own entry then finds nothing new)
+            search_path.append(provider="command-line", path=f"file://{os.path.abspath(config_dir)}")
+        if config is not None:
+            search_path.append(provider=PROVIDER, path=f"file://{config}")
         if fairseq_app:
             # fairseq-hydra-train has imported torch and fairseq already. fairseq applies the dataclass defaults of
             # task/model/criterion (add_defaults) and resolves `${xmodal_user_dir:}` before it imports
