@@ -1,9 +1,9 @@
 """fairseq-xmodal: SpeechT5 speech (s2c) and text (t2c) classifiers and cross-modal transfer, as a fairseq user-dir.
 
-Importing the package registers tasks `s2c` and `t2c`, model `speecht5` (sizes: config/model/*.yaml), the criteria
+Importing the package registers tasks `s2c` and `t2c`, model `speecht5` (sizes: fairseq_xmodal/config/model/*.yaml), the criteria
 `xmodal_classification` and `xmodal_mona`, applies the package's fairseq patches (fairseq_patches.py: safe checkpoint
 loading, checks before training starts from a checkpoint (training_guard.py), data-parallel training on CPU, task-state
-check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (config/*.yaml use it for
+check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (fairseq_xmodal/config/*.yaml use it for
 `common.user_dir`) and `${xmodal_transplanted:}`.
 """
 import os
@@ -21,7 +21,7 @@ fairseq_patches.install()
 if hasattr(OmegaConf, "register_new_resolver"):  # omegaconf >= 2.1
     if not OmegaConf.has_resolver("xmodal_user_dir"):
         OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)
-    if not OmegaConf.has_resolver("xmodal_transplanted"):  # config/sweep/transplanted/frozen.yaml
+    if not OmegaConf.has_resolver("xmodal_transplanted"):  # fairseq_xmodal/config/sweep/transplanted/frozen.yaml
         def _transplanted(path):
             from .transfer import transplanted_selectors
 

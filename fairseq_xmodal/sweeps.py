@@ -1,6 +1,6 @@
 """Sweeps of `fairseq-hydra-train` jobs: job folder names, per-job bookkeeping, safe resumption, and reading results.
 
-Used by config/sweep/common.yaml (through the Hydra callback below), `xmodal-slurm-array` and `xmodal-sweep-table`;
+Used by fairseq_xmodal/config/sweep/common.yaml (through the Hydra callback below), `xmodal-slurm-array` and `xmodal-sweep-table`;
 docs/sweeps.md explains the whole workflow.
 
 Every job of a sweep lives in `<hydra.sweep.dir>/<job name>`. The job name is built from the job's overrides by the
@@ -205,7 +205,7 @@ class _Refuse:
 
 
 class SweepJobCallback(Callback):
-    """Hydra callback for sweep jobs (config/sweep/common.yaml: hydra.callbacks.xmodal_sweep).
+    """Hydra callback for sweep jobs (fairseq_xmodal/config/sweep/common.yaml: hydra.callbacks.xmodal_sweep).
 
     At job start, in the job's own folder: a job with a DONE marker does not train again (fairseq would otherwise run
     one more update past max_update); a folder that already holds a job with *other* overrides (e.g. the same sweep

@@ -49,7 +49,7 @@ def test_tiny_import_report_and_fairseq_loading(official_tiny, corpus_dir, tmp_p
     reasons = set(report["ignored"].values())
     assert any("HuBERT" in r for r in reasons) and any("CTC" in r for r in reasons)
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([out])
-    assert type(task).__name__ == "S2CTask" and cfg.model._name == "speecht5_base"
+    assert type(task).__name__ == "S2CTask" and cfg.model._name == "speecht5"
     official = safe_torch_load(official_tiny)["model"]
     ours = models[0].state_dict()
     assert all(torch.equal(ours[k], official[k]) for k in report["loaded"])

@@ -255,7 +255,7 @@ def test_local_multirun_sweep(local_sweep):
         assert cfg.dataset.batch_size == batch and list(cfg.optimization.update_freq) == [freq]
         assert list(cfg.optimization.lr) == [lr]
         assert cfg.dataset.batch_size * cfg.optimization.update_freq[0] == 8
-        assert cfg.task._name == "t2c" and cfg.model._name == "speecht5_tiny"
+        assert cfg.task._name == "t2c" and cfg.model._name == "speecht5" and cfg.model.encoder_layers == 2  # the tiny preset
         for f in ("DONE", "checkpoints/checkpoint_last.pt", "checkpoints/checkpoint_best.pt"):
             assert os.path.exists(os.path.join(job_dir, f)), (name, f)
         assert _ckpt(os.path.join(job_dir, "checkpoints", "checkpoint_last.pt"))["optimizer_history"][-1][

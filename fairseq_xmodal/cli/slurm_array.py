@@ -1,18 +1,18 @@
 """xmodal-slurm-array: turn a Hydra sweep into a plain `sbatch --array` job, for clusters where the submitit launcher
 is not wanted (docs/sweeps.md).
 
-    xmodal-slurm-array --config-dir config --config-name sweep_lr_batch task.data=/abs/data \\
+    xmodal-slurm-array --config-name sweep_lr_batch task.data=/abs/data \\
         hydra.sweep.dir=/scratch/me/sweeps/lr hydra.launcher.partition=gpu [--submit]
 
 Arguments after the options are exactly those of `fairseq-hydra-train --multirun`: the sweep is expanded by Hydra
 itself (the sweep config's hydra.sweeper.params plus your overrides), every job's config is composed and checked
 (unknown keys, missing values, task.data and finetune_from_model paths) before anything is submitted, and job folders
 are named as the submitit launchers name them. Resources are the `hydra.launcher.*` keys of the submitit_slurm
-launcher config (config/hydra/launcher/slurm.yaml unless you choose another `hydra/launcher=`), so one set of cluster
+launcher config (fairseq_xmodal/config/hydra/launcher/slurm.yaml unless you choose another `hydra/launcher=`), so one set of cluster
 settings serves both paths. Written to <hydra.sweep.dir>/slurm/:
 
     jobs-<hash>.tsv       the sweep table: line i+1 = array task i = `<job dir>\\t<override>\\t...`
-    array-<hash>.sbatch   slurm/array_job.sh with the #SBATCH lines filled in (--array=0-(N-1)%array_parallelism,
+    array-<hash>.sbatch   fairseq_xmodal/slurm/array_job.sh with the #SBATCH lines filled in (--array=0-(N-1)%array_parallelism,
                           --requeue, --signal=B:USR1@signal_delay_s, ...); submit it with plain `sbatch`
     logs/%A_%a.out        the tasks' Slurm output (fairseq's own output is in <job dir>/train.log)
 
@@ -174,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="xmodal-slurm-array", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write a Hydra sweep as a Slurm job array (sweep table + sbatch script), optionally submit it.",
         epilog="Everything after the options is passed to Hydra as for fairseq-hydra-train --multirun, e.g.\n"
-               "  xmodal-slurm-array --config-dir config --config-name sweep_lr_batch task.data=/abs/data \\\n"
+               "  xmodal-slurm-array --config-name sweep_lr_batch task.data=/abs/data \\\n"
                "    hydra.sweep.dir=/scratch/me/sweeps/lr hydra.launcher.partition=gpu --submit\n"
                "See docs/sweeps.md.")
     parser.add_argument("--config-dir", "-cd", default=CONFIG_DIR,

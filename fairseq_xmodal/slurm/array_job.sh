@@ -2,10 +2,10 @@
 # One job of a sweep as one task of a Slurm job array: array task i trains row i of a sweep table (docs/sweeps.md).
 #
 # xmodal-slurm-array writes the table and a ready-to-submit copy of this script with every #SBATCH line filled in:
-#   xmodal-slurm-array --config-dir config --config-name sweep_lr_batch task.data=/abs/data ... --submit
+#   xmodal-slurm-array --config-name sweep_lr_batch task.data=/abs/data ... --submit
 # Used by hand instead (resources on the sbatch command line):
 #   sbatch --array=0-11%4 --partition=gpu --gpus-per-node=1 --cpus-per-task=8 --mem=64G --time=1-00:00:00 \
-#     slurm/array_job.sh /abs/sweep/slurm/jobs-<hash>.tsv /abs/config sweep_lr_batch [max_requeue]
+#     fairseq_xmodal/slurm/array_job.sh /abs/sweep/slurm/jobs-<hash>.tsv /abs/config sweep_lr_batch [max_requeue]
 #
 # Table row i+1 (for SLURM_ARRAY_TASK_ID i): <job dir> TAB <override> TAB <override> ...
 # The task runs `fairseq-hydra-train --config-dir ... --config-name ... hydra.run.dir=<job dir> <overrides>`.
