@@ -143,7 +143,7 @@ class Selector:
             n_layers = present[-1] + 1 if present else 0
             for spec in sel.layer_specs:
                 try:
-                    named_layers(spec, n_layers, f"{sel.group} layers")
+                    named_layers(spec, n_layers, sel.group)
                 except SelectorError as e:
                     raise SelectorError(f"{label} matches no key of the model: {e}") from None
         hits = [n for n in in_group if sel.matches(n, n_layers)]

@@ -36,6 +36,7 @@ def transfer(plan: TransferPlan) -> TransferReport:
         raise TransferError(f"--out {out} would overwrite an input checkpoint")
     if not os.path.isdir(plan.data):
         raise TransferError(f"target data folder {plan.data} not found")
+    rules, notes = plan.rules()  # a selector that cannot be read fails before any checkpoint is loaded
 
     source = load_xmodal(plan.source, "source")
     src_cfg = source.state["cfg"]
@@ -52,7 +53,6 @@ def transfer(plan: TransferPlan) -> TransferReport:
     target_sd = model.state_dict()
     keys = list(target_sd)
 
-    rules, notes = plan.rules()
     assignment = assign(rules, keys)
     modality = None
     if plan.modality_from:
