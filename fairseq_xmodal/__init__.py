@@ -6,16 +6,13 @@ loading, checks before training starts from a checkpoint (training_guard.py), da
 check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}` (fairseq_xmodal/config/*.yaml use it for
 `common.user_dir`) and `${xmodal_transplanted:}`.
 """
-import os
-
 from omegaconf import OmegaConf
 
 from . import fairseq_patches
+from .checkpoints import USER_DIR
 from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401
-
-USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 fairseq_patches.install()
 if hasattr(OmegaConf, "register_new_resolver"):  # omegaconf >= 2.1

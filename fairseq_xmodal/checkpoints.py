@@ -12,16 +12,16 @@ from fairseq import tasks
 from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .modalities import TASKS
 from .safe_load import safe_torch_load
 
-TASKS = ("s2c", "t2c")
+# The plugin folder fairseq imports for common.user_dir (this package); ${xmodal_user_dir:} in the configs.
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("speecht5", "speecht5_base", "speecht5_tiny")  # speecht5_*: names of the sizes before 0.2
 
 
 def make_cfg(task: Dict[str, Any], model: Dict[str, Any], seed: int = 1) -> DictConfig:
     """A complete, resolved fairseq config with our task/model sections (user_dir set, so plain fairseq tools load it)."""
-    from . import USER_DIR
-
     cfg = OmegaConf.merge(
         OmegaConf.structured(FairseqConfig),
         {"common": {"user_dir": USER_DIR, "seed": seed}, "task": task, "model": model,

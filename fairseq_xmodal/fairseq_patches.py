@@ -17,8 +17,8 @@
    official SpeechT5 checkpoint is refused with the command that converts it, a checkpoint of other labels or symbols
    with xmodal-transfer's message.
 4. Task state on every rank: a checkpoint that a trainer loads (resume or finetune_from_model) must record the class
-   labels (order included) and text symbols of the data it now trains on (evaluate.check_dictionaries, the check of
-   xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
+   labels (order included) and text symbols of the data it now trains on (task_state.check_dictionaries, the check of
+   xmodal-transfer and xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
    every rank with status 2 and one line, instead of training a head whose rows mean other labels.
 
 `PATCHED` records the signature of every fairseq function these patches call or replace; tests/test_distributed.py
@@ -35,8 +35,7 @@ import warnings
 
 import torch
 
-from . import safe_load, training_guard
-from .evaluation.evaluate import EvaluationError, check_dictionaries
+from . import safe_load, task_state, training_guard
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +250,8 @@ def check_loaded_state(state) -> None:
         return
     rank = trainer.data_parallel_rank
     try:
-        check_dictionaries(state, filename, task)
-    except EvaluationError as e:
+        task_state.check_dictionaries(state, filename, task)
+    except task_state.DictionaryMismatch as e:
         _fail(f"rank {rank}: {e}".replace("\n", " "))
     logger.info(f"rank {rank}: {filename} records the class labels and text symbols of {task.cfg.data}")
 

@@ -7,44 +7,44 @@
   (sweeps.repair_last_checkpoint: the newest complete checkpoint is copied over it), in plain runs too;
 - an official SpeechT5 checkpoint is refused with the command that converts it (xmodal-import-official);
 - a fairseq_xmodal checkpoint whose task_state class labels or text symbols differ from the data folder's is refused
-  with xmodal-transfer's message (a reordered labels.sent.txt would otherwise silently swap the meaning of head rows).
+  (task_state.py, the check of xmodal-transfer and xmodal-evaluate: a reordered labels.sent.txt would otherwise
+  silently swap the meaning of head rows).
 
 The checkpoint is opened memory-mapped for the check, so the second read (fairseq's) costs no extra memory.
 """
 import logging
 import os
 import sys
+import zipfile
+
+from . import task_state
+from .checkpoints import is_official_checkpoint, is_xmodal_checkpoint
+from .safe_load import safe_torch_load
+from .tasks.base import ClassificationTask
 
 logger = logging.getLogger(__name__)
 
 
+class TrainingCheckpointError(ValueError):
+    """A checkpoint that fairseq would train from although it does not fit the task; the message says what to do."""
+
+
 def check_training_checkpoint(task, filename: str) -> None:
-    """Raise ValueError if `filename` cannot be trained from under `task` (one of ours) without changing meaning."""
-    import zipfile
-
-    from .checkpoints import is_official_checkpoint, is_xmodal_checkpoint
-    from .safe_load import safe_torch_load
-    from .transfer import LoadedCheckpoint, TransferError, check_class_dictionary, check_text_dictionary
-
+    """Raise TrainingCheckpointError if `filename` cannot be trained from under `task` (one of ours) without changing
+    meaning."""
     mmap = zipfile.is_zipfile(filename)  # the legacy (pre-1.6) format cannot be mapped
     state = safe_torch_load(filename, map_location="cpu", mmap=mmap)
     name = type(task).__name__.replace("Task", "").lower()
     if is_official_checkpoint(state):
-        raise TransferError(
+        raise TrainingCheckpointError(
             f"{filename} is an official SpeechT5 checkpoint; fairseq cannot train from it directly. Convert it "
             f"first: xmodal-import-official --checkpoint {filename} --task {name} --data {task.cfg.data} --out "
             f"<init.pt>, then pass checkpoint.finetune_from_model=<init.pt>")
     if not is_xmodal_checkpoint(state):
         return  # not ours to judge; fairseq's strict load reports what does not fit
-    cfg_task = state["cfg"]["task"]
-    ck = LoadedCheckpoint(os.path.abspath(filename), state, state["model"], cfg_task["_name"], cfg_task.get("data"))
-    role = "training checkpoint"
-    try:
-        check_class_dictionary(ck, task, role)
-        check_text_dictionary(ck, task, role)
-    except TransferError as e:
-        raise TransferError(f"{e} (the --reinit options are those of xmodal-transfer: transfer the checkpoint "
-                            f"first and train from the result)") from None
+    task_state.check_dictionaries(state, os.path.abspath(filename), task, "training checkpoint",
+                                  also=", or transfer the checkpoint with xmodal-transfer --reinit head (or "
+                                       "text_prenet) first and train from the result", error=TrainingCheckpointError)
 
 
 def before_load(trainer, filename: str) -> None:
@@ -53,9 +53,6 @@ def before_load(trainer, filename: str) -> None:
     Rank 0 repairs a truncated checkpoint_last.pt (only rank 0 reads the file; the others get its broadcast). The
     refusals run here in a single-process run; with several ranks fairseq_patches checks the broadcast state on every
     rank instead, so that all of them stop together."""
-    from .tasks.base import ClassificationTask
-    from .transfer import TransferError
-
     if not isinstance(trainer.task, ClassificationTask) or trainer.data_parallel_rank != 0:
         return
     if os.path.basename(filename) == "checkpoint_last.pt" and os.path.exists(filename):
@@ -69,6 +66,6 @@ def before_load(trainer, filename: str) -> None:
     if os.path.isfile(filename) and trainer.data_parallel_world_size == 1:
         try:
             check_training_checkpoint(trainer.task, filename)
-        except TransferError as e:
+        except TrainingCheckpointError as e:
             print(f"fairseq-xmodal: {e}".replace("\n", " "), file=sys.stderr, flush=True)
             raise SystemExit(2) from None

@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR
-from fairseq_xmodal.models.speecht5 import FREEZE_GROUPS, SpeechT5Classifier, SpeechT5TinyConfig
+from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig
+from fairseq_xmodal.selectors import GROUPS as FREEZE_GROUPS
 from fairseq_xmodal.tasks.s2c import S2CConfig, S2CTask
 
 

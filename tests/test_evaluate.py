@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from conftest import run_cli
-from fairseq_xmodal.evaluation import metrics as M
+from fairseq_xmodal import metrics as M
 from fairseq_xmodal.evaluation.evaluate import (EvalConfig, EvaluationError, Predictions, compute_metrics, evaluate,
                                                 load_for_evaluation, predict)
 from fairseq_xmodal.transfer import TransferPlan, transfer

@@ -18,6 +18,7 @@ from conftest import CONFIG_DIR, hydra_train
 from fairseq_xmodal.checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
 from fairseq_xmodal.cli.transfer import main as transfer_main
 from fairseq_xmodal.cli.transplant import main as transplant_main
+from fairseq_xmodal import selectors
 from fairseq_xmodal.models import freezing
 from fairseq_xmodal.transfer import TransferError, TransferPlan, transfer, transplanted_selectors
 
@@ -63,11 +64,11 @@ def transplants(tmp_path_factory, other_s2c, imported_init, corpus_dir):
 
 
 def test_freeze_selectors_stage_api_and_refusals(corpus_dir):
-    assert [freezing.named_layers(n, 12) for n in ("first", "middle", "last")] == [[0], [6], [11]]
-    assert freezing.named_layers("all", 3) == [0, 1, 2] and freezing.named_layers("2-4", 6) == [2, 3, 4]
+    assert [selectors.named_layers(n, 12) for n in ("first", "middle", "last")] == [[0], [6], [11]]
+    assert selectors.named_layers("all", 3) == [0, 1, 2] and selectors.named_layers("2-4", 6) == [2, 3, 4]
     for bad in ("12", "3-1", "top"):
         with pytest.raises(ValueError):
-            freezing.named_layers(bad, 12)
+            selectors.named_layers(bad, 12)
 
     # permanent, by layer name and `prenet` (the task's own: text_prenet for t2c)
     task, model = tiny("t2c", corpus_dir, freeze=["encoder.layers.last", "prenet"])
@@ -165,7 +166,7 @@ def test_xavier_reinit_follows_the_distribution_and_is_recorded(other_s2c, impor
     # seeded: same seed, same tensors, also when fewer keys are re-initialised (one generator per key); new seed differs
     a = load_state(str(tmp_path / "xavier_uniform.pt"))["model"]
     transfer(TransferPlan(out=str(tmp_path / "one.pt"), init="xavier_uniform",
-                          **{**plan, "reinit": ["encoder.layers=1"]}))
+                          **{**plan, "reinit": ["encoder.layers.1"]}))
     transfer(TransferPlan(out=str(tmp_path / "seed6.pt"), init="xavier_uniform", **{**plan, "seed": 6}))
     one, seed6 = load_state(str(tmp_path / "one.pt"))["model"], load_state(str(tmp_path / "seed6.pt"))["model"]
     layer1 = layer_keys(a, "encoder.layers.1.")

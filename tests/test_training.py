@@ -6,7 +6,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from conftest import hydra_train
-from fairseq_xmodal.evaluation.metrics import confusion_matrix, scores
+from fairseq_xmodal.metrics import confusion_matrix, scores
 
 
 def evaluate(checkpoint, split):

@@ -9,7 +9,8 @@ import torch
 from conftest import dict_folder, shared_transfer, t2c_from_s2c
 from fairseq_xmodal.checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
 from fairseq_xmodal.cli.transfer import main as cli_main
-from fairseq_xmodal.transfer import TransferError, TransferPlan, assign, parse_selector, parse_selectors, transfer
+from fairseq_xmodal.selectors import SelectorError, parse_selector, parse_selectors
+from fairseq_xmodal.transfer import TransferError, TransferPlan, assign, transfer
 
 
 @pytest.fixture(scope="module")
@@ -26,26 +27,26 @@ def model_keys(path):
 
 
 def test_selector_syntax():
-    assert parse_selector("encoder.layers=0,5").layers == {0, 5}
-    assert parse_selector("decoder.layers=0-2,4").layers == {0, 1, 2, 4}
-    sels = parse_selectors("encoder.layers=0,5,decoder,head")
-    assert [s.text for s in sels] == ["encoder.layers=0,5", "decoder", "head"]
+    assert parse_selector("encoder.layers.0,5").layers == {0, 5}
+    assert parse_selector("decoder.layers.0-2,4").layers == {0, 1, 2, 4}
+    sels = parse_selectors("encoder.layers.0,5,decoder,head")
+    assert [s.text for s in sels] == ["encoder.layers.0,5", "decoder", "head"]
     assert parse_selector("encoder.rest").matches("encoder.layer_norm.weight")
     assert not parse_selector("encoder.rest").matches("encoder.layers.0.fc1.weight")
     assert parse_selector("encoder.layers").matches("encoder.layers.1.fc1.weight")
-    assert not parse_selector("encoder.layers=1").matches("encoder.layers.10.fc1.weight")
-    for bad, msg in (("encoderr", "unknown selector"), ("head.layers=1", "only encoder and decoder"),
-                     ("encoder=1", "only allowed after .layers"), ("encoder.layers=a", "layer list")):
-        with pytest.raises(TransferError, match=msg):
+    assert not parse_selector("encoder.layers.1").matches("encoder.layers.10.fc1.weight")
+    for bad, msg in (("encoderr", "unknown selector"), ("head.layers.1", "only encoder and decoder"),
+                     ("encoder.layers=0,5", "write encoder.layers.0,5"), ("encoder.layers.a", "layer list")):
+        with pytest.raises(SelectorError, match=msg):
             parse_selector(bad)
     keys = ["encoder.layers.0.fc1.weight", "encoder.layers.1.fc1.weight"]
     with pytest.raises(TransferError, match="make one of them more specific"):
         assign([(parse_selector("encoder"), "source"), (parse_selector("encoder"), "init")], keys)
-    rules = [(parse_selector("encoder"), "source"), (parse_selector("encoder.layers=1"), "init")]
+    rules = [(parse_selector("encoder"), "source"), (parse_selector("encoder.layers.1"), "init")]
     got = assign(rules, keys)  # the more specific selector wins
     assert (got[keys[0]].origin, got[keys[1]].origin) == ("source", "init")
     with pytest.raises(TransferError, match="matches no key"):
-        assign([(parse_selector("encoder.layers=7"), "init")], keys)
+        assign([(parse_selector("encoder.layers.7"), "init")], keys)
     # --modality-from keeps the target prenet by default, unless a selector already names it.
     plan = TransferPlan(source="s.pt", task="s2c", data="d", out="o.pt", modality_from="m.pt")
     assert [(sel.text, origin) for sel, origin in plan.rules()[0]] == [("speech_prenet", "modality"),
@@ -76,8 +77,8 @@ def test_accounting_lists_every_key_once(t2c_run, imported_init, corpus_dir, tmp
     src = str(t2c_run / "checkpoints" / "checkpoint_best.pt")
     out = str(tmp_path / "mixed.pt")
     plan = TransferPlan(source=src, task="s2c", data=corpus_dir, out=out, modality_from=imported_init["s2c"],
-                        take=["encoder.layers=0,decoder"], keep=["speech_prenet", "encoder.rest"],
-                        reinit=["head", "encoder.layers=1"], rest="modality", seed=7)
+                        take=["encoder.layers.0,decoder"], keep=["speech_prenet", "encoder.rest"],
+                        reinit=["head", "encoder.layers.1"], rest="modality", seed=7)
     report = transfer(plan)
     with open(out + ".transfer.json") as f:
         acc = json.load(f)

@@ -2,8 +2,9 @@
 
 Every key of the target model comes from exactly one place: the source checkpoint (--take), a second "modality"
 checkpoint (--keep, needs --modality-from; an official SpeechT5 checkpoint is imported on the fly), or a seeded
-re-initialisation (--reinit). Selectors: all, speech_prenet, text_prenet, encoder, decoder, head, pooler,
-encoder.layers=0,5 / decoder.layers=0-2 (layer indices), encoder.rest (encoder keys outside its layers).
+re-initialisation (--reinit). Selectors (the grammar of model.freeze, fairseq_xmodal/selectors.py): all, prenet (the
+target task's), speech_prenet, text_prenet, encoder, decoder, head, pooler, encoder.layers.0,5 / decoder.layers.0-2 /
+encoder.layers.last (layers), encoder.rest (encoder keys outside its layers).
 The most specific selector wins. Without --take everything not kept or re-initialised comes from the source; with
 --take, say where the rest comes from with --rest. Class or text dictionary mismatches and shape mismatches are errors.
 
@@ -14,6 +15,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from ..modalities import TASKS
 from ..models.heads import CLASSIFIERS
 from ..transfer import INIT_STRATEGIES, ORIGINS, TransferPlan, transfer
 from .errors import EXPECTED, console_main, one_line
@@ -32,7 +34,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="fairseq_xmodal checkpoint to transfer (e.g. a checkpoint_best.pt)")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"], help="target task")
+    p.add_argument("--task", required=True, choices=TASKS, help="target task")
     p.add_argument("--data", required=True, help="target data folder (labels.sent.txt, dict.txt)")
     p.add_argument("--out", required=True, help="output checkpoint")
     p.add_argument("--modality-from", default=None,

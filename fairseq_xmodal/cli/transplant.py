@@ -8,7 +8,8 @@ task's pretrained init from xmodal-import-official) with those layers replaced:
   xavier_uniform   the layers are re-initialised (any registered init strategy: xavier_normal, model, ...)
 
 Everything else comes from --base, in every file, so two files of one layer set differ only in those layers.
-Named layer sets: first = 0, middle = L // 2, last = L - 1, all (as model.freeze resolves encoder.layers.middle).
+Named layer sets: first = 0, middle = L // 2, last = L - 1, all (selectors.py, as model.freeze resolves
+encoder.layers.middle); each file's selector is written with the resolved indices (encoder.layers.1).
 <out-dir>/transplants.json lists the files with their layer indices. Then train the grid (sweep/transplanted=frozen
 freezes the layers each file's .transfer.json names):
 
@@ -22,7 +23,8 @@ import sys
 from typing import Dict, List, Optional
 
 from ..checkpoints import atomic_write_json, load_state
-from ..models.freezing import LAYERED, named_layers
+from ..modalities import TASKS
+from ..selectors import LAYERED, named_layers
 from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, sha256, transfer
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
@@ -54,7 +56,7 @@ def prepare(source: str, base: str, task: str, data: str, out_dir: str, group: s
     os.makedirs(out_dir, exist_ok=True)
     files = {}
     for name, idx in sets.items():
-        selector = f"{group}.layers={','.join(map(str, idx))}"
+        selector = f"{group}.layers.{','.join(map(str, idx))}"  # the indices, as resolved for the manifest
         for init in inits:
             out = os.path.abspath(os.path.join(out_dir, f"{name}.{init}.pt"))
             chosen = dict(take=[selector]) if init == TRANSFERRED else dict(reinit=[selector], init=init)
@@ -78,7 +80,7 @@ def main(argv=None):
     p.add_argument("--source", required=True, help="checkpoint the transferred layers come from (other modality)")
     p.add_argument("--base", required=True,
                    help="fairseq_xmodal checkpoint everything else comes from (e.g. the target task's imported init)")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"], help="target task")
+    p.add_argument("--task", required=True, choices=TASKS, help="target task")
     p.add_argument("--data", required=True, help="target data folder")
     p.add_argument("--out-dir", required=True, help="folder for <layers>.<init>.pt and transplants.json")
     p.add_argument("--group", default="encoder", choices=list(LAYERED), help="whose layers (default encoder)")

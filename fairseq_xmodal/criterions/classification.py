@@ -9,7 +9,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
-from ..evaluation.metrics import scores
+from ..metrics import scores
 from ..models import heads
 
 CM_KEY = re.compile(r"^_cm:(.+):(.+)$")

@@ -32,6 +32,7 @@ from fairseq.logging import metrics
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..modalities import of_net_input
 from ..models import heads
 from .classification import ClassificationCriterion, ClassificationCriterionConfig
 
@@ -183,7 +184,7 @@ class MonaCriterion(ClassificationCriterion):
         # groups without gradient now: frozen, or held at this update (embedder warm-up; models/freezing.py)
         no_grad = getattr(model, "no_grad_groups", None)
         no_grad = getattr(model, "frozen", frozenset()) if no_grad is None else no_grad
-        prenet = "speech_prenet" if "source" in sample["net_input"] else "text_prenet"
+        prenet = of_net_input(sample["net_input"]).prenet
         if prenet in no_grad and "encoder" in no_grad:
             raise ValueError(f"xmodal_mona: {sorted(no_grad)} are frozen or held, so the encoder runs without "
                              f"gradient for this modality and there is no body gradient to simulate; unfreeze {prenet}")

@@ -11,7 +11,8 @@ knowledge is to be kept) for every item. A batch gains
 
 "source" in `source_net_input` means source MODALITY; inside a speech net_input, "source" is the waveform as
 everywhere else. Nothing random happens here: row i is paired with row i, and the other modality is loaded the way
-its own task would load it (full length: the paired side is never cropped).
+its own task would load it (full length: the paired side is never cropped): ClassificationTask.pair_with_other_modality
+(tasks/base.py) builds it.
 """
 import torch
 from fairseq.data import BaseWrapperDataset
@@ -73,27 +74,3 @@ class PairedDataset(BaseWrapperDataset):
         if "target" in other:
             batch["source_target"] = other["target"]
         return batch
-
-
-def load_other_modality(task, split: str):
-    """Row-aligned dataset of the other modality for `task`'s `split`, loaded by a sibling task on the same data
-    folder, dictionaries and labels: t2c pairs with s2c's SpeechClassDataset (sample rate 16 kHz, no crop), s2c with
-    t2c's TextClassDataset (<data>/spm_char.model, <split>.wrd)."""
-    from ..tasks.s2c import S2CConfig, S2CTask
-    from ..tasks.t2c import T2CConfig, T2CTask
-
-    shared = dict(data=task.cfg.data, labels=task.cfg.labels, pad_class_dictionary=task.cfg.pad_class_dictionary,
-                  text_dictionary=task.cfg.text_dictionary, train_subset="", seed=task.cfg.seed)
-    if isinstance(task, T2CTask):
-        sibling = S2CTask(S2CConfig(**shared), task.text_dictionary, task.class_dictionary)
-    elif isinstance(task, S2CTask):
-        sibling = T2CTask(T2CConfig(**shared), task.text_dictionary, task.class_dictionary)
-    else:
-        raise TypeError(f"no paired modality for task {type(task).__name__}")
-    sibling.load_dataset(split)
-    return sibling.datasets[split]
-
-
-def pair_with_other_modality(task, split: str, dataset) -> PairedDataset:
-    return PairedDataset(dataset, load_other_modality(task, split), split)
-

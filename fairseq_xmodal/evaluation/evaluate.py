@@ -21,11 +21,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state, make_cfg, write_together
+from .. import task_state
+from ..checkpoints import atomic_write_json, is_official_checkpoint, is_xmodal_checkpoint, load_state, make_cfg, \
+    write_together
+from ..lineage import describe_init_file, describe_path, init_file, transfer_label
+from ..modalities import TASKS
 from ..models import heads
 from ..progress import progress
-from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
-from . import metrics as M
+from ..task_state import CARRIED_TASK_FIELDS
+from .. import metrics as M
 from . import stats
 
 logger = logging.getLogger(__name__)
@@ -95,36 +99,11 @@ def load_for_evaluation(checkpoint: str, task_name: str, data: str, task_overrid
     from fairseq import tasks
 
     task = tasks.setup_task(cfg.task)
-    check_dictionaries(state, checkpoint, task)
+    task_state.check_dictionaries(state, checkpoint, task, error=EvaluationError)
     model = task.build_model(cfg.model)
     model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
     model.eval()
     return task, model, state
-
-
-def check_dictionaries(state: Dict[str, Any], checkpoint: str, task):
-    """Class labels (order included) and text symbols of the data must be those the checkpoint was trained with."""
-    ts = state.get("task_state") or {}
-    ck_data = state["cfg"]["task"].get("data", "<its data folder>")
-    cd = task.class_dictionary
-    if "class_labels" not in ts:
-        raise EvaluationError(f"{checkpoint} records no class labels (task_state.class_labels); re-save it with "
-                              f"fairseq_xmodal (e.g. xmodal-transfer --source it --task <its task>)")
-    ck_labels, ck_padded = list(ts["class_labels"]), bool(ts.get("class_padded", True))
-    if (ck_labels, ck_padded) != (list(cd.labels), cd.padded):
-        order = " (same labels, other order: predictions would be silently permuted)" \
-            if sorted(ck_labels) == sorted(cd.labels) and ck_labels != list(cd.labels) else ""
-        raise EvaluationError(
-            f"class dictionary mismatch{order}: {checkpoint} was trained with {ck_labels} "
-            f"(padded={ck_padded}, {os.path.join(ck_data, 'labels.' + task.cfg.labels + '.txt')}), but {cd.source} "
-            f"gives {list(cd.labels)} (padded={cd.padded}). Fix {cd.source} to list exactly {', '.join(ck_labels)} "
-            f"in this order")
-    if "text_symbols" in ts and list(ts["text_symbols"]) != list(task.text_dictionary.symbols):
-        target_dict = task.cfg.text_dictionary or os.path.join(task.cfg.data, "dict.txt")
-        raise EvaluationError(
-            f"text dictionary mismatch: {checkpoint} was trained with a {len(ts['text_symbols'])}-symbol dict.txt "
-            f"({os.path.join(ck_data, 'dict.txt')}), but {target_dict} gives {len(task.text_dictionary)} symbols (or "
-            f"another order). Copy the SpeechT5 dict.txt the checkpoint used to {target_dict}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,44 +224,14 @@ def checkpoint_info(state: Dict[str, Any], path: str) -> Dict[str, Any]:
             "num_updates": num_updates, "train_subset": None, "finetune_from_model": None,
             "seed": (cfg.get("common") or {}).get("seed")}
     if "transfer" in prov:
-        t = prov["transfer"]
-        info.update(kind="transfer", init=f"transfer {t['source']['task']}->{t['target']['task']} of "
-                                          f"{describe_path(t['source']['path'])}")
+        info.update(kind="transfer", init=transfer_label(prov["transfer"]))
     elif "import_official" in prov:
         info.update(kind="official", init=f"official {describe_path(prov['import_official'].get('source', '?'))}")
     else:
-        init = ck.get("finetune_from_model") or None
-        restore = ck.get("restore_file")
-        if not init and restore and os.path.basename(restore) != "checkpoint_last.pt":
-            init = restore  # a non-default restore_file (with resets) is an init too
+        init = init_file(ck)
         info.update(kind="trained", train_subset=(cfg.get("dataset") or {}).get("train_subset"),
-                    finetune_from_model=init, init=describe_init_file(init) if init else "scratch")
+                    finetune_from_model=init, init=describe_init_file(init))
     return info
-
-
-def describe_path(path: str) -> str:
-    """`<run dir>/checkpoints/checkpoint_best.pt` -> `<run dir name>/checkpoint_best.pt`; else the base name."""
-    parts = os.path.normpath(path).split(os.sep)
-    return "/".join(parts[-3:-2] + parts[-1:]) if len(parts) >= 3 and parts[-2] == "checkpoints" else parts[-1]
-
-
-def describe_init_file(path: str) -> str:
-    """A short lineage label for a finetune_from_model file, from its xmodal-transfer / import sidecar if present."""
-    for suffix, kind in ((".transfer.json", "transfer"), (".import.json", "official")):
-        if os.path.isfile(path + suffix):
-            try:
-                with open(path + suffix) as f:
-                    side = json.load(f)
-            except (OSError, ValueError):
-                break
-            if kind == "transfer":
-                plan = side.get("plan") or {}
-                parts = ([f"take {','.join(plan['take'])}"] if plan.get("take") else []) + (
-                    [f"reinit {','.join(plan['reinit'])} {plan.get('init')}"] if plan.get("reinit") else [])
-                return (f"transfer {side['source']['task']}->{side['target']['task']} of "
-                        f"{describe_path(side['source']['path'])}" + (f" [{'; '.join(parts)}]" if parts else ""))
-            return f"official {describe_path(side.get('source', path))}"
-    return describe_path(path)
 
 
 SHARD_FORMAT = "fairseq_xmodal.eval_shard/1"  # shards.py reads and merges what write_shard writes

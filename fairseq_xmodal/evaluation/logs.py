@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .evaluate import describe_init_file
+from ..lineage import describe_init_file, init_file
 
 LOG_NAMES = ("hydra_train.log", "train.log")
 HYDRA_LINE = re.compile(r"^\[[^\]]*\]\[(?P<tag>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
@@ -143,11 +143,8 @@ class RunLog:
     def init(self) -> str:
         if self.cfg is None:
             return "?"  # the log has no config line: say so rather than guess "scratch"
-        path = self._cfg("checkpoint", "finetune_from_model")
-        restore = self._cfg("checkpoint", "restore_file")
-        if not path and restore and os.path.basename(restore) != "checkpoint_last.pt":
-            path = restore
-        return describe_init_file(path) if path else "scratch"
+        return describe_init_file(init_file({k: self._cfg("checkpoint", k)
+                                             for k in ("finetune_from_model", "restore_file")}))
 
     @property
     def valid_subsets(self) -> List[str]:

@@ -12,7 +12,7 @@ pooled into one vector:
 All pooling is the model's own (SpeechT5Classifier.pool, models/heads.py).
 
 A standardised multinomial logistic regression (sklearn, lbfgs, fixed seed) is fitted on the train features and
-scored on the eval features with SLUE macro-F1 (fixed label set, zero_division=0; evaluation/metrics.py). The same
+scored on the eval features with SLUE macro-F1 (fixed label set, zero_division=0; metrics.py). The same
 probe, with the same features of the same rows, runs on a reference checkpoint (typically the pretrained init the
 fine-tuned model started from); delta = fine-tuned - reference says how much fine-tuning on the other modality
 damaged (negative) or helped (positive) what the probed modality's features encode about the labels.
@@ -31,17 +31,18 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state
+from .. import modalities
+from ..checkpoints import atomic_write_json, is_official_checkpoint, load_state
+from ..lineage import describe_path
 from ..models import heads
 from ..progress import progress
-from ..transfer import GROUPS, PRENET_OF_TASK, is_official_checkpoint
-from . import metrics as M
-from .evaluate import EvaluationError, checkpoint_info, describe_path, load_for_evaluation
+from ..selectors import prefix
+from .. import metrics as M
+from .evaluate import EvaluationError, checkpoint_info, load_for_evaluation
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fairseq_xmodal.probe/1"
-MODALITY_TASK = {"speech": "s2c", "text": "t2c"}
 FEATURES = ("encoder_mean", "decoder", "classifier")
 POOLING = {"encoder_mean": "mean of the encoder output over non-pad frames/tokens",
            "decoder": "decoder output of the all-zero query",
@@ -77,8 +78,8 @@ class ProbeConfig:
     overwrite: bool = False
 
     def validate(self):
-        if self.modality not in MODALITY_TASK:
-            raise ProbeError(f"modality {self.modality!r}: use one of {', '.join(MODALITY_TASK)}")
+        if self.modality not in modalities.MODALITIES:
+            raise ProbeError(f"modality {self.modality!r}: use one of {', '.join(modalities.MODALITIES)}")
         if self.features not in FEATURES:
             raise ProbeError(f"features {self.features!r}: use one of {', '.join(FEATURES)}")
         if self.class_weight not in CLASS_WEIGHTS:
@@ -99,7 +100,7 @@ class ProbeConfig:
 
     @property
     def task(self) -> str:
-        return MODALITY_TASK[self.modality]
+        return modalities.of_name(self.modality).task
 
     def resolved(self) -> "ProbeConfig":
         """A validated copy with the default eval split filled in."""
@@ -134,8 +135,8 @@ def load_probed_model(path: str, task_name: str, data: str, task_overrides: Opti
     out = os.path.join(tmp_dir, f"imported_{len(os.listdir(tmp_dir))}.pt")
     report = import_official(path, task_name, data, out)
     # the on-the-fly import is a decoder_query model: its classifier features are the decoder's
-    used = [GROUPS[PRENET_OF_TASK[task_name]], GROUPS["encoder"]] + (
-        [GROUPS["decoder"]] if features in ("decoder", "classifier") else [])
+    used = [prefix(modalities.of_task(task_name).prenet), prefix("encoder")] + (
+        [prefix("decoder")] if features in ("decoder", "classifier") else [])
     missing = [k for k in report["newly_initialised"] if k.startswith(tuple(used))]
     if missing:
         raise ProbeError(f"{path}: the official checkpoint has no weights for {len(missing)} parameters the {features} "
@@ -249,7 +250,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, seed
 
 
 def score(gold: np.ndarray, pred: np.ndarray, labels: List[str]) -> Dict[str, Any]:
-    """SLUE scores (evaluation/metrics.py), in percent, with per-class recall and the confusion matrix."""
+    """SLUE scores (metrics.py), in percent, with per-class recall and the confusion matrix."""
     cm = M.confusion_matrix(gold, pred, len(labels))
     s = M.scores(cm, labels)
     per = M.per_class(cm, labels, s)

@@ -1,16 +1,10 @@
 """Which parameters of the SpeechT5 classifier train at which update: permanent freezing, freezing for the first N
 updates, and the embedder warm-up (docs/methods/freezing.md, docs/methods/embedder_warmup.md).
 
-One selector vocabulary for `model.freeze` and `model.warmup_trainable`:
-
-  speech_prenet | text_prenet | encoder | decoder | head     a module group (speecht5.FREEZE_GROUPS)
-  pooler                                                    the pooling parameters of model.classifier (models/heads.py)
-  prenet                                                    the task's own prenet: speech_prenet for s2c, text_prenet
-                                                            for t2c (the task tells the model when it builds it)
-  encoder.layers.I | encoder.layers.I-J                     encoder layers by 0-based index or range
-  encoder.layers.first|middle|last|all                      named layers: 0, L // 2, L - 1, all (named_layers)
-  encoder.rest                                              the encoder outside its layers (input norm, positions)
-  decoder.layers.… | decoder.rest                           the same for the decoder
+`model.freeze` and `model.warmup_trainable` are lists of selectors (fairseq_xmodal/selectors.py, the grammar
+xmodal-transfer uses too): module groups (speech_prenet, text_prenet, encoder, decoder, head, pooler), `prenet` (the
+task's own prenet: the task tells the model when it builds it), `encoder.layers.3`, `encoder.layers.0-5`,
+`encoder.layers.0,5`, `encoder.layers.first|middle|last|all` and `encoder.rest`, the same for the decoder.
 
 Three mechanisms, set in the model config:
 
@@ -31,115 +25,41 @@ to `model.set_num_updates`, every training step and when a checkpoint is loaded,
 right stage.
 """
 import logging
-import re
 from contextlib import contextmanager, nullcontext
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence
+from typing import FrozenSet, Iterable, List, Optional, Sequence
 
 import torch.nn as nn
 
+from .. import selectors
+
 logger = logging.getLogger(__name__)
 
-LAYERED = ("encoder", "decoder")
-LAYER_NAMES = ("first", "middle", "last", "all")
-PRENET = "prenet"
+
+def select_parameters(model: nn.Module, names: Iterable[str], target_prenet: Optional[str],
+                      what: str = "model.freeze") -> List[str]:
+    """Names (model.named_parameters order) of the parameters the selectors `names` name (selectors.py)."""
+    every = [n for n, _ in model.named_parameters()]
+    not_built = (f" (model.classifier={getattr(model, 'classifier', '?')} reads the pooled encoder output, without "
+                 f"decoder)")
+    built = [g for g, attr in selectors.GROUPS.items() if getattr(model, attr, None) is not None]
+    return selectors.select([str(s) for s in names], every, what, target_prenet, not_built, built)
 
 
-def named_layers(spec: str, n_layers: int, where: str = "layer selector") -> List[int]:
-    """`first` -> [0], `middle` -> [n // 2], `last` -> [n - 1], `all` -> 0..n-1, `I` -> [I], `I-J` -> I..J.
-    The same resolution is used by model.freeze and by xmodal-prepare-transplants, so a named layer set means the same
-    layers in a prepared checkpoint and in the freeze list of its sweep job."""
-    if n_layers < 1:
-        raise ValueError(f"{where}: the model has no such layers")
-    if spec == "first":
-        return [0]
-    if spec == "middle":
-        return [n_layers // 2]
-    if spec == "last":
-        return [n_layers - 1]
-    if spec == "all":
-        return list(range(n_layers))
-    m = re.fullmatch(r"(\d+)(?:-(\d+))?", spec)
-    if not m:
-        raise ValueError(f"{where}: layer {spec!r} is neither an index, a range I-J nor one of "
-                         f"{', '.join(LAYER_NAMES)}")
-    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-    if hi < lo or hi >= n_layers:
-        raise ValueError(f"{where}: layers {spec!r} are not within 0-{n_layers - 1}")
-    return list(range(lo, hi + 1))
-
-
-def select_parameters(model: nn.Module, selectors: Iterable[str], groups: Dict[str, str],
-                      target_prenet: Optional[str], what: str = "model.freeze") -> List[str]:
-    """Names (model.named_parameters order) of the parameters named by `selectors`; `groups` maps group -> attribute."""
-    names = [n for n, _ in model.named_parameters()]
-    chosen = set()
-    for text in selectors:
-        text = str(text).strip()
-        group, _, part = text.partition(".")
-        if group == PRENET and not part:
-            if target_prenet is None:
-                raise ValueError(f"{what}: `prenet` means the task's own prenet, but this model was built without a "
-                                 f"task (name speech_prenet or text_prenet instead)")
-            group = target_prenet
-        if group not in groups:
-            raise ValueError(f"{what}: unknown group {text!r}; choose from {', '.join(sorted(groups))}, {PRENET}, "
-                             f"<encoder|decoder>.layers.<I|I-J|{'|'.join(LAYER_NAMES)}> or <encoder|decoder>.rest")
-        if getattr(model, groups[group], None) is None:
-            raise ValueError(f"{what}: {text!r} is not built in this model (model.classifier="
-                             f"{getattr(model, 'classifier', '?')} reads the pooled encoder output, without decoder)")
-        prefix = groups[group] + "."
-        if not part:
-            hits = [n for n in names if n.startswith(prefix)]
-        elif group in LAYERED and part == "rest":
-            hits = [n for n in names if n.startswith(prefix) and not n.startswith(prefix + "layers.")]
-        elif group in LAYERED and part.startswith("layers."):
-            n_layers = len(getattr(model, groups[group]).layers)
-            idx = named_layers(part[len("layers."):], n_layers, f"{what} {text!r}")
-            hits = [n for n in names if any(n.startswith(f"{prefix}layers.{i}.") for i in idx)]
-        else:
-            raise ValueError(f"{what}: cannot read {text!r}; layers are selected as encoder.layers.3, "
-                             f"encoder.layers.0-5 or encoder.layers.{'|'.join(LAYER_NAMES)}")
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
-
-
-def whole_groups(names: Iterable[str], model: nn.Module, groups: Dict[str, str]) -> FrozenSet[str]:
-    """The groups all of whose parameters are in `names`."""
+def describe(names: Iterable[str], model: nn.Module) -> str:
+    """Readable units for logs: whole groups by name, else encoder.layers.3 / encoder.rest / `<group> (part)`."""
     names = set(names)
-    out = set()
-    for group, attr in groups.items():
-        module = getattr(model, attr, None)
-        if module is None:  # not built (the decoder of an encoder head)
-            continue
-        params = [f"{attr}.{n}" for n, _ in module.named_parameters()]
-        if params and all(n in names for n in params):
-            out.add(group)
-    return frozenset(out)
+    every = [n for n, _ in model.named_parameters()]
+    return ", ".join(selectors.describe([n for n in every if n in names], every)) or "nothing"
 
 
-def describe(names: Iterable[str], groups: Dict[str, str], model: nn.Module) -> str:
-    """Readable units for logs: whole groups by name, else encoder.layers.3 / encoder.rest / the group."""
-    names = set(names)
-    if not names:
-        return "nothing"
-    whole = whole_groups(names, model, groups)
-    units: List[str] = []
-    for group, attr in groups.items():
-        if group in whole:
-            units.append(group)
-            continue
-        for n in sorted(n for n in names if n.startswith(attr + ".")):
-            m = re.match(r"layers\.(\d+)\.", n[len(attr) + 1:])
-            unit = (f"{group}.layers.{m.group(1)}" if m else f"{group}.rest") if group in LAYERED else f"{group} (part)"
-            if unit not in units:
-                units.append(unit)
-    return ", ".join(units)
+def whole_groups(names: Iterable[str], model: nn.Module) -> FrozenSet[str]:
+    return selectors.whole_groups(names, [n for n, _ in model.named_parameters()])
 
 
 class StagedFreezing:
     """Mixed into SpeechT5Classifier. Public API:
 
-    set_frozen(selectors)        freeze exactly these parameters permanently (requires_grad=False), unfreeze the rest
+    set_frozen(selected)         freeze exactly these parameters permanently (requires_grad=False), unfreeze the rest
     set_num_updates(n)           fairseq's hook: the update count; re-computes which parameters are held
     in_embedder_warmup           True while the run is in embedder warm-up stage 1 (updates < embedder_warmup_updates)
     training_stage               1 in warm-up stage 1, else 2 (also when no warm-up is configured)
@@ -151,13 +71,12 @@ class StagedFreezing:
     stage_summary()              one line: what trains now and what is held until when
     """
 
-    FREEZE_GROUPS: Dict[str, str] = {}
     AFTER_PRENET: Sequence[str] = ()
 
     def init_stages(self, cfg, target_prenet: Optional[str]):
         """Called once at the end of the model's __init__."""
-        if target_prenet is not None and target_prenet not in self.FREEZE_GROUPS:
-            raise ValueError(f"target prenet {target_prenet!r} is not a module group ({', '.join(self.FREEZE_GROUPS)})")
+        if target_prenet is not None and target_prenet not in selectors.GROUPS:
+            raise ValueError(f"target prenet {target_prenet!r} is not a module group ({', '.join(selectors.GROUPS)})")
         self.target_prenet = target_prenet
         self.freeze_updates = int(getattr(cfg, "freeze_updates", 0) or 0)
         self.embedder_warmup_updates = int(getattr(cfg, "embedder_warmup_updates", 0) or 0)
@@ -176,35 +95,35 @@ class StagedFreezing:
         self._temporary = self._warmup_held = frozenset()
         self._announced = None
         if self.freeze_updates:
-            self._temporary = frozenset(select_parameters(self, freeze, self.FREEZE_GROUPS, target_prenet))
+            self._temporary = frozenset(select_parameters(self, freeze, target_prenet))
         else:
             self.set_frozen(freeze)
         if self.embedder_warmup_updates:
             if not trainable:
                 raise ValueError("model.embedder_warmup_updates needs model.warmup_trainable (e.g. [prenet, head])")
-            keep = set(select_parameters(self, trainable, self.FREEZE_GROUPS, target_prenet, "model.warmup_trainable"))
+            keep = set(select_parameters(self, trainable, target_prenet, "model.warmup_trainable"))
             self._warmup_held = frozenset(n for n, _ in self.named_parameters() if n not in keep)
         self._update_held()
 
     # ------------------------------------------------------------------------------------------ permanent freezing
 
-    def set_frozen(self, selectors: Iterable[str]):
-        """Freeze exactly the parameters `selectors` name (module groups, `prenet`, encoder.layers.3, ...) and unfreeze
-        all others. Frozen parameters get requires_grad=False; the leading frozen groups of a forward path (e.g.
-        speech_prenet then encoder) run under torch.no_grad. fairseq's trainer builds its optimizer from the parameters
-        that require grad when it is first used, so call this before training starts; to release parameters during
-        a run, use model.freeze_updates instead."""
-        selectors = [str(s) for s in selectors]
-        names = select_parameters(self, selectors, self.FREEZE_GROUPS, getattr(self, "target_prenet", None))
+    def set_frozen(self, selected: Iterable[str]):
+        """Freeze exactly the parameters the selectors `selected` name (module groups, `prenet`, encoder.layers.3,
+        ...) and unfreeze all others. Frozen parameters get requires_grad=False; the leading frozen groups of a
+        forward path (e.g. speech_prenet then encoder) run under torch.no_grad. fairseq's trainer builds its optimizer
+        from the parameters that require grad when it is first used, so call this before training starts; to release
+        parameters during a run, use model.freeze_updates instead."""
+        selected = [str(s) for s in selected]
+        names = select_parameters(self, selected, getattr(self, "target_prenet", None))
         every = [n for n, _ in self.named_parameters()]
-        if selectors and len(names) == len(every):
-            raise ValueError(f"model.freeze={selectors} names every parameter: nothing would be trained")
+        if selected and len(names) == len(every):
+            raise ValueError(f"model.freeze={selected} names every parameter: nothing would be trained")
         frozen = set(names)
         for n, p in self.named_parameters():
             p.requires_grad_(n not in frozen)
-        self.frozen_selectors = selectors
+        self.frozen_selectors = selected
         self.frozen_parameters = frozenset(frozen)
-        self.frozen = whole_groups(frozen, self, self.FREEZE_GROUPS)
+        self.frozen = whole_groups(frozen, self)
         if hasattr(self, "_warmup_held"):
             self._update_held()
 
@@ -223,7 +142,7 @@ class StagedFreezing:
         if self.num_updates < self.embedder_warmup_updates:
             held |= self._warmup_held
         self.held_parameters = frozenset(held - self.frozen_parameters)
-        self._no_grad = whole_groups(self.held_parameters | self.frozen_parameters, self, self.FREEZE_GROUPS)
+        self._no_grad = whole_groups(self.held_parameters | self.frozen_parameters, self)
 
     @property
     def in_embedder_warmup(self) -> bool:
@@ -268,7 +187,7 @@ class StagedFreezing:
         return n
 
     def stage_summary(self) -> str:
-        groups, n = self.FREEZE_GROUPS, self.num_updates
+        n = self.num_updates
         parts = [f"update {n}"]
         if self.embedder_warmup_updates:
             parts.append(f"embedder warm-up stage {self.training_stage}"
@@ -276,15 +195,15 @@ class StagedFreezing:
                             else f" (stage 1 was updates 0-{self.embedder_warmup_updates - 1})"))
         trainable = [name for name, _ in self.named_parameters()
                      if name not in self.held_parameters and name not in self.frozen_parameters]
-        parts.append(f"training {describe(trainable, groups, self)}")
+        parts.append(f"training {describe(trainable, self)}")
         if n < self.freeze_updates:
             parts.append(f"model.freeze held until update {self.freeze_updates}: "
-                         f"{describe(self._temporary - self.frozen_parameters, groups, self)}")
+                         f"{describe(self._temporary - self.frozen_parameters, self)}")
         if self.in_embedder_warmup:
             parts.append(f"warm-up holds until update {self.embedder_warmup_updates}: "
-                         f"{describe(self._warmup_held - self.frozen_parameters, groups, self)}")
+                         f"{describe(self._warmup_held - self.frozen_parameters, self)}")
         if self.frozen_parameters:
-            parts.append(f"frozen for the whole run: {describe(self.frozen_parameters, groups, self)}")
+            parts.append(f"frozen for the whole run: {describe(self.frozen_parameters, self)}")
         return "; ".join(parts)
 
 

@@ -18,8 +18,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from fairseq.data import Dictionary
 
+from ..checkpoints import atomic_torch_save, build_task_and_model, is_xmodal_checkpoint, load_state, make_cfg, \
+    save_checkpoint
 from . import heads
-from .speecht5 import SpeechT5Config
+from .speecht5 import SpeechT5Classifier, SpeechT5Config
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +131,6 @@ def write_official_checkpoint(path: str, cfg: SpeechT5Config, vocab_size: int = 
                               sid_labels: Optional[List[str]] = None):
     """Pretrain layout by default; with `sid_labels`, an official SID (t5_task=s2c) fine-tuned checkpoint whose text
     dictionary (and class inventory) is the labels: V = C = 4 + len(labels) + 2."""
-    from ..checkpoints import atomic_torch_save
-    from .speecht5 import SpeechT5Classifier
-
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     sid = sid_labels is not None
@@ -207,8 +206,6 @@ def import_official(official_path: str, task_name: str, data: str, out_path: str
     file are identical. `state`: the already loaded official checkpoint (callers that inspected it pass it, so the
     file is read once).
     """
-    from ..checkpoints import is_xmodal_checkpoint, load_state
-
     if state is None:
         state = load_state(official_path)
     if is_xmodal_checkpoint(state):
@@ -238,8 +235,6 @@ def import_state_dict(official: Dict[str, torch.Tensor], dims: Dict[str, object]
                       allowed_new: Optional[Dict[str, str]] = None, notes: Optional[List[str]] = None) -> ImportReport:
     """The strict accounting of an official-named state dict (from a fairseq checkpoint, or mapped from HF: then
     `ignored_before` holds the HF keys left out and why, `allowed_new` the keys the folder cannot provide and why)."""
-    from ..checkpoints import build_task_and_model, load_state, make_cfg, save_checkpoint
-
     model_cfg = {"_name": "speecht5", **dims, **(model_overrides or {})}
     cfg = make_cfg({"_name": task_name, "data": os.path.abspath(data)}, model_cfg, seed=seed)
     with torch.random.fork_rng(devices=[]):  # the new keys (class head) from a recorded seed; global RNG untouched

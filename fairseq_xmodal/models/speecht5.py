@@ -16,6 +16,7 @@ import torch.nn as nn
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY, BaseFairseqModel, register_model, register_model_architecture
 
+from ..modalities import SPEECH, TEXT
 from . import freezing, heads, modules
 
 
@@ -116,9 +117,7 @@ class SpeechT5TinyConfig(SpeechT5Config):
     decoder_layerdrop: float = 0.0
 
 
-# freeze group -> attribute, and the order in which each input modality passes through them
-FREEZE_GROUPS = {"speech_prenet": "speech_encoder_prenet", "text_prenet": "text_encoder_prenet", "encoder": "encoder",
-                 "decoder": "decoder", "head": "speaker_decoder_postnet", "pooler": "pooler"}
+# the order in which each input modality passes through the module groups (selectors.GROUPS) after its prenet
 AFTER_PRENET = ("encoder", "decoder", "head")  # decoder_query; the encoder heads: encoder, pooler, head
 
 
@@ -139,7 +138,6 @@ def init_bert_params(module: nn.Module):
 class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
     """Freezing and training stages (set_frozen, set_num_updates, in_embedder_warmup, ...): models/freezing.py."""
 
-    FREEZE_GROUPS = FREEZE_GROUPS
     AFTER_PRENET = AFTER_PRENET
 
     def __init__(self, cfg: SpeechT5Config, text_vocab_size: int, text_padding_idx: int, num_classes: int,
@@ -166,7 +164,7 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
     def _no_grad_stages(self, speech: bool) -> int:
         """How many leading stages of the path (prenet, encoder, decoder, head) are frozen, hence need no backward."""
         n = 0
-        for group in ("speech_prenet" if speech else "text_prenet",) + self.AFTER_PRENET:
+        for group in ((SPEECH if speech else TEXT).prenet,) + self.AFTER_PRENET:
             empty = group == "pooler" and not any(True for _ in self.pooler.parameters())
             if group not in self.no_grad_groups and not empty:  # frozen, or held at this update (freezing.py)
                 break

@@ -9,15 +9,16 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask
 from omegaconf import II, MISSING
 
+from .. import task_state
 from ..data.class_dictionary import ClassDictionary
+from ..data.paired_dataset import PairedDataset
+from ..modalities import Modality
 from ..models import freezing
 from ..text_vocab import load_text_dictionary
 
 logger = logging.getLogger(__name__)
 
 LONG_POLICY = ChoiceEnum(["error", "skip", "crop"])
-# task -> the model group that embeds its input (models/speecht5.py FREEZE_GROUPS)
-TARGET_PRENET = {"s2c": "speech_prenet", "t2c": "text_prenet"}
 
 
 @dataclass
@@ -72,17 +73,14 @@ def check_data_folder(data: str) -> None:
 
 class ClassificationTask(FairseqTask):
     cfg: ClassificationTaskConfig
+    modality: Optional[Modality] = None  # the input this task reads (modalities.py); set by each task class
 
     def __init__(self, cfg: ClassificationTaskConfig, text_dictionary, class_dictionary: ClassDictionary):
         super().__init__(cfg)
         self.text_dictionary = text_dictionary
         self.class_dictionary = class_dictionary
-        # Saved in every checkpoint: transfer and evaluation refuse data whose dictionaries differ.
-        self.state.merge_state_dict({
-            "class_labels": list(class_dictionary.labels),
-            "class_padded": class_dictionary.padded,
-            "text_symbols": list(text_dictionary.symbols),
-        })
+        # Saved in every checkpoint: transfer, training and evaluation refuse data whose dictionaries differ.
+        self.state.merge_state_dict(task_state.record(class_dictionary, text_dictionary))
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -100,10 +98,24 @@ class ClassificationTask(FairseqTask):
     def target_prenet(self) -> Optional[str]:
         """The model group that embeds this task's input: speech_prenet (s2c) or text_prenet (t2c). The model gets it
         at build time: the selector `prenet` and the embedder warm-up mean this group."""
-        from fairseq.tasks import TASK_REGISTRY
+        return self.modality.prenet if self.modality is not None else None
 
-        return next((prenet for name, prenet in TARGET_PRENET.items()
-                     if name in TASK_REGISTRY and isinstance(self, TASK_REGISTRY[name])), None)
+    def pair_with_other_modality(self, split: str) -> None:
+        """Wrap the loaded `split` in a PairedDataset with the same rows in the other modality (data/paired_dataset.py),
+        loaded by the other modality's task (fairseq's registry, by its registered name) over the same data folder,
+        dictionaries and labels: t2c pairs with s2c's SpeechClassDataset (16 kHz, no crop), s2c with t2c's
+        TextClassDataset (<data>/spm_char.model, <split>.wrd)."""
+        from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+        if self.modality is None:
+            raise TypeError(f"no paired modality for task {type(self).__name__}")
+        name = self.modality.other.task
+        shared = dict(data=self.cfg.data, labels=self.cfg.labels, pad_class_dictionary=self.cfg.pad_class_dictionary,
+                      text_dictionary=self.cfg.text_dictionary, train_subset="", seed=self.cfg.seed)
+        sibling = TASK_REGISTRY[name](TASK_DATACLASS_REGISTRY[name](**shared), self.text_dictionary,
+                                      self.class_dictionary)
+        sibling.load_dataset(split)
+        self.datasets[split] = PairedDataset(self.datasets[split], sibling.datasets[split], split)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         """fairseq's forward/backward, inside the model's training stage for `update_num` (models/freezing.py):

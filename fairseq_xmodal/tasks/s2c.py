@@ -5,9 +5,9 @@ from typing import Optional
 
 from fairseq.tasks import register_task
 
-from ..data.paired_dataset import pair_with_other_modality
 from ..data.speech_dataset import SpeechClassDataset
 from ..data.split_files import read_ids, read_labels, read_manifest
+from ..modalities import SPEECH
 from .base import ClassificationTask, ClassificationTaskConfig
 
 
@@ -30,6 +30,7 @@ class S2CConfig(ClassificationTaskConfig):
 @register_task("s2c", dataclass=S2CConfig)
 class S2CTask(ClassificationTask):
     cfg: S2CConfig
+    modality = SPEECH
 
     def load_dataset(self, split: str, **kwargs):
         root, files, sizes = read_manifest(self.cfg.data, split)
@@ -43,4 +44,4 @@ class S2CTask(ClassificationTask):
         )
         self.check_split_lengths(split)
         if self.cfg.paired_source_modality and self.is_train_split(split):
-            self.datasets[split] = pair_with_other_modality(self, split, self.datasets[split])
+            self.pair_with_other_modality(split)

@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 from fairseq.tasks import register_task
 
-from ..data.paired_dataset import pair_with_other_modality
 from ..data.split_files import read_ids, read_labels, read_lines
 from ..data.text_dataset import TextClassDataset
+from ..modalities import TEXT
 from ..text_vocab import unencodable_chars
 from .base import ClassificationTask, ClassificationTaskConfig
 
@@ -32,6 +32,7 @@ class T2CConfig(ClassificationTaskConfig):
 @register_task("t2c", dataclass=T2CConfig)
 class T2CTask(ClassificationTask):
     cfg: T2CConfig
+    modality = TEXT
 
     def __init__(self, cfg, text_dictionary, class_dictionary):
         super().__init__(cfg, text_dictionary, class_dictionary)
@@ -75,4 +76,4 @@ class T2CTask(ClassificationTask):
                                                 self.text_dictionary.pad())
         self.check_split_lengths(split)
         if self.cfg.paired_source_modality and self.is_train_split(split):
-            self.datasets[split] = pair_with_other_modality(self, split, self.datasets[split])
+            self.pair_with_other_modality(split)

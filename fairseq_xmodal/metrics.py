@@ -1,4 +1,5 @@
-"""Classification scores from a confusion matrix, SLUE-style: macro averages over the FIXED label set, a class
+"""Classification scores from a confusion matrix (the criterion sums confusion counts in its logs; xmodal-evaluate and
+the probe score whole splits), SLUE-style: macro averages over the FIXED label set, a class
 never predicted (or never seen) contributes 0 (sklearn zero_division=0 with labels= fixed)."""
 from typing import Dict, List, Sequence
 
