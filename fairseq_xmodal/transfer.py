@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from .checkpoints import (MODELS, TASKS, atomic_write_json, build_task_and_model, is_official_checkpoint,  # noqa: F401
                           is_xmodal_checkpoint, load_state, make_cfg, save_checkpoint)
+from .files import sha256
 from .models import heads
 
 logger = logging.getLogger(__name__)
@@ -381,14 +382,6 @@ class LoadedCheckpoint:
         return {"path": self.path, "task": self.task, "data": self.data, "sha256": sha256(self.path),
                 "num_updates": hist[-1].get("num_updates"),
                 **({"official_import": {k: self.imported[k] for k in ("source", "kind")}} if self.imported else {})}
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_xmodal(path: str, role: str) -> LoadedCheckpoint:

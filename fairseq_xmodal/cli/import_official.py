@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..checkpoints import atomic_write_json
+from ..files import atomic_write_json
 from ..models.heads import CLASSIFIERS
 from ..models.hf import import_hf_folder, is_hf_folder
 from ..models.official import import_official

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state, make_cfg, write_together
+from ..checkpoints import load_state, make_cfg
+from ..files import atomic_write_json, atomic_write_with, write_together
 from ..models import heads
 from ..progress import progress
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
@@ -293,10 +294,14 @@ def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Pre
                 ci: Tuple[float, int, int]) -> None:
     """ci: (level, resamples, seed) of the bootstrap intervals, so that the merge computes the same ones."""
     gold = np.asarray(pred.gold if pred.gold is not None else [-1] * len(pred.ids), dtype=np.int64)
-    tmp = os.path.join(out_dir, "shard.tmp.npz")
-    np.savez(tmp, rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
-             probs=pred.probs)
-    os.replace(tmp, os.path.join(out_dir, "shard.npz"))
+    arrays = dict(rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
+                  probs=pred.probs)
+
+    def save(tmp: str):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, **arrays)
+
+    atomic_write_with(save, os.path.join(out_dir, "shard.npz"))
     atomic_write_json({"format": SHARD_FORMAT, "index": shard[0], "count": shard[1], "split_rows": split_rows,
                        "has_gold": pred.gold is not None, "labels": list(labels), "head": head,
                        "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold,

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_json, load_state
+from ..checkpoints import load_state
+from ..files import atomic_write_json
 from ..models import heads
 from ..progress import progress
 from ..transfer import GROUPS, PRENET_OF_TASK, is_official_checkpoint

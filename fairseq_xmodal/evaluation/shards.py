@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..checkpoints import atomic_write_json, write_together
+from ..files import atomic_write_json, write_together
 from .evaluate import SHARD_FORMAT, EvaluationError, Predictions, compute_metrics, write_predictions
 
 def parse_shard(text: str) -> Tuple[int, int]:

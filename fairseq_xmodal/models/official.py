@@ -129,7 +129,7 @@ def write_official_checkpoint(path: str, cfg: SpeechT5Config, vocab_size: int = 
                               sid_labels: Optional[List[str]] = None):
     """Pretrain layout by default; with `sid_labels`, an official SID (t5_task=s2c) fine-tuned checkpoint whose text
     dictionary (and class inventory) is the labels: V = C = 4 + len(labels) + 2."""
-    from ..checkpoints import atomic_torch_save
+    from ..files import atomic_torch_save
     from .speecht5 import SpeechT5Classifier
 
     torch.manual_seed(seed)
