@@ -23,7 +23,11 @@ def load_text_dictionary(dict_path: str) -> Dictionary:
     """dict.txt + <mask> + <ctc_blank>, exactly as the official task builds it (81 symbols for the official file)."""
     if not os.path.isfile(dict_path):
         raise FileNotFoundError(f"text dictionary {dict_path} not found: copy SpeechT5's dict.txt there")
-    d = Dictionary.load(io.StringIO(read_utf8(dict_path)))  # BOM stripped, non-UTF-8 named
+    return with_extra_symbols(Dictionary.load(io.StringIO(read_utf8(dict_path))))  # BOM stripped, non-UTF-8 named
+
+
+def with_extra_symbols(d: Dictionary) -> Dictionary:
+    """`d` + <mask> + <ctc_blank>, as SpeechT5Task appends them to every dictionary it loads (text and SID labels)."""
     for sym in EXTRA_SYMBOLS:
         d.add_symbol(sym)
     return d

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from conftest import run_cli
 from fairseq_xmodal.evaluation import metrics as M
-from fairseq_xmodal.evaluation.evaluate import (EvalConfig, EvaluationError, Predictions, compute_metrics, evaluate,
+from fairseq_xmodal.evaluation.evaluate import (EvalConfig, EvaluationError, Predictions, compute_metrics, evaluate_checkpoint,
                                                 load_for_evaluation, predict)
 from fairseq_xmodal.transfer import TransferPlan, transfer
 from conftest import t2c_from_s2c
@@ -119,7 +119,7 @@ def check_outputs(out_dir, corpus_dir, split, m):
 
 def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
     """A text-trained checkpoint on audio (API), a speech checkpoint on transcripts (console script)."""
-    m = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="s2c", data=corpus_dir, split="valid",
+    m = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="s2c", data=corpus_dir, split="valid",
                             out_dir=str(tmp_path / "t2c_on_speech")))
     assert m["cross_modal"] and m["checkpoint"]["task"] == "t2c" and m["task"] == "s2c"
     assert m["checkpoint"]["kind"] == "trained" and m["checkpoint"]["init"] == "transfer s2c->t2c of s2c_init.pt"
@@ -137,7 +137,7 @@ def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
     rows = check_outputs(out, corpus_dir, "valid", m2)
     assert (m2["single_label"] is not None) == any(f >= 0.95 for f in m2["predicted_fraction"].values())
     # The transferred s2c model is the t2c model: on text it predicts exactly what the t2c checkpoint predicts.
-    m3 = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid",
+    m3 = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid",
                              out_dir=str(tmp_path / "t2c_on_text")))
     assert not m3["cross_modal"]
     same = read_predictions(str(tmp_path / "t2c_on_text" / "predictions.tsv"))
@@ -181,9 +181,9 @@ def test_dictionary_mismatch_and_bad_inputs_name_the_file(t2c_ckpt, corpus_dir, 
     with pytest.raises(EvaluationError, match="xmodal-import-official"):
         load_for_evaluation(official_tiny, "t2c", corpus_dir)
     out = str(tmp_path / "e")
-    evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
+    evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
     with pytest.raises(EvaluationError, match="--overwrite"):
-        evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
+        evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
 
 
 def test_split_without_labels_is_predicted(t2c_ckpt, corpus_dir, tmp_path):
@@ -191,7 +191,7 @@ def test_split_without_labels_is_predicted(t2c_ckpt, corpus_dir, tmp_path):
     shutil.copytree(corpus_dir, data, ignore=shutil.ignore_patterns("audio"))
     for ext in ("id", "wrd"):
         shutil.copy(data / f"valid.{ext}", data / f"blind.{ext}")
-    m = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=str(data), split="blind",
+    m = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=str(data), split="blind",
                             out_dir=str(tmp_path / "out")))
     rows = read_predictions(str(tmp_path / "out" / "predictions.tsv"))
     assert len(rows) == 24 and all(r["gold"] == "" for r in rows) and m["accuracy"] is None

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
+from ..evaluation.evaluate import EvalConfig, evaluate_checkpoint, summary_line
 from ..evaluation.shards import merge, parse_shard
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
@@ -47,6 +47,9 @@ def main(argv=None):
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the utterances for the intervals (default 1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0; recorded)")
+    p.add_argument("--majority-threshold", type=float, default=EvalConfig.majority_threshold, metavar="FRACTION",
+                   help="warn (metrics.json `single_label`) when at least this fraction of the predictions is one "
+                        f"label (default {EvalConfig.majority_threshold})")
     args = p.parse_args(argv)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
@@ -60,11 +63,11 @@ def main(argv=None):
             shard = parse_shard(args.shard) if args.shard else None
             out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data) + (
                 f".shard{shard[0]}of{shard[1]}" if shard else "")
-            m = evaluate(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
+            m = evaluate_checkpoint(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
                                     out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                     legacy_metrics=args.legacy_metrics, cpu=args.cpu,
                                     task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
-                                    shard=shard, ci_level=args.ci_level,
+                                    shard=shard, ci_level=args.ci_level, majority_threshold=args.majority_threshold,
                                     bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed))
     except EXPECTED as e:
         print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)

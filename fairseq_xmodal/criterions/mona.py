@@ -177,7 +177,7 @@ class MonaCriterion(ClassificationCriterion):
         """-> (task loss [sum over the batch, graph into everything trainable], sample_size, logging output of
         xmodal_classification, align, unif, number of same-class pairs). align and unif carry the graph through
         theta' into the target prenet, head and (if trainable) body."""
-        if "source_net_input" not in sample:
+        if "other_modality_net_input" not in sample:
             raise ValueError("xmodal_mona needs each training row in the other modality too: set "
                              "task.paired_source_modality=true (docs/methods/mona.md)")
         # groups without gradient now: frozen, or held at this update (embedder warm-up; models/freezing.py)
@@ -201,9 +201,9 @@ class MonaCriterion(ClassificationCriterion):
                                         allow_unused=True)
             alpha = self.cfg.mona_inner_lr
             updated = {n: theta[n] if g is None else theta[n] - alpha * g for n, g in zip(names, grads)}
-            feats = self.source_features(model, sample["source_net_input"], updated)
+            feats = self.source_features(model, sample["other_modality_net_input"], updated)
         z = F.normalize(feats.to(torch.promote_types(feats.dtype, torch.float32)), dim=-1)  # fp16/bf16 -> fp32
-        labels = sample.get("source_target", sample["target"])
+        labels = sample.get("other_modality_target", sample["target"])
         align, n_same = alignment(z, labels)
         unif = uniformity(z, self.cfg.mona_uniformity_t)
         return task_loss, sample_size, log, align, unif, n_same

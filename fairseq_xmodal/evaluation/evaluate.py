@@ -145,7 +145,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
     dataset = task.dataset(split)
     n = len(dataset)
     label_rows = task.class_dictionary.label_rows.to(device)
-    n_labels = len(task.class_dictionary)
+    n_labels = task.class_dictionary.num_labels
     probs = np.zeros((n, n_labels), dtype=np.float64)
     seen = np.zeros(n, dtype=np.int64)
     gold = np.full(n, -1, dtype=np.int64)
@@ -309,11 +309,13 @@ def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Pre
                       os.path.join(out_dir, "shard.json"))
 
 
-def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
+def evaluate_checkpoint(cfg: EvalConfig) -> Dict[str, Any]:
     """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
     if not 0 < cfg.ci_level < 1 or cfg.bootstrap_resamples < 2:
         raise EvaluationError(f"--ci-level must be in (0, 1) and --bootstrap at least 2 (got {cfg.ci_level}, "
                               f"{cfg.bootstrap_resamples})")
+    if not 0 < cfg.majority_threshold <= 1:
+        raise EvaluationError(f"--majority-threshold must be in (0, 1] (got {cfg.majority_threshold})")
     out_dir = os.path.abspath(cfg.out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not cfg.overwrite:
