@@ -196,3 +196,17 @@ def test_split_without_labels_is_predicted(t2c_ckpt, corpus_dir, tmp_path):
     rows = read_predictions(str(tmp_path / "out" / "predictions.tsv"))
     assert len(rows) == 24 and all(r["gold"] == "" for r in rows) and m["accuracy"] is None
     assert sum(m["predicted_distribution"].values()) == 24
+
+
+def test_summed_counts_score_like_the_offline_metrics():
+    """The criterion scores summed confusion counts (fairseq logs must be summable); offline evaluation scores the
+    predictions with sklearn. Both must give the same numbers, split into batches or not."""
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        n = int(rng.integers(1, 40))
+        gold, pred = rng.integers(0, 3, n), rng.integers(0, 3, n) if trial % 3 else np.zeros(n, dtype=np.int64)
+        cut = int(rng.integers(0, n + 1))
+        summed = M.confusion_matrix(gold[:cut], pred[:cut], 3) + M.confusion_matrix(gold[cut:], pred[cut:], 3)
+        by_counts, offline = M.scores(summed, LABELS), M.slue_scores(gold, pred, LABELS)
+        assert by_counts.keys() == offline.keys()
+        assert np.allclose([by_counts[k] for k in offline], [offline[k] for k in offline]), (gold, pred)

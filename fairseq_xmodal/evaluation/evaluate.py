@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,10 +23,10 @@ import torch
 from ..checkpoints import load_state, make_cfg
 from ..files import atomic_write_json, atomic_write_with, write_together
 from ..models import heads
-from ..progress import progress
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 from . import stats
+from .batches import each_row_once, row_ids
 
 logger = logging.getLogger(__name__)
 
@@ -137,41 +136,28 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
     """Every row of `split` exactly once, in a fixed batch order; argmax over the real labels only.
     shard=(i, n): only batches i, i+n, i+2n, ... of that same order (fairseq's sharded iterator), so that every row
     is computed in the same batch as without sharding and merged shards equal the unsharded output exactly."""
-    from fairseq import utils
-
     if batch_size is None and max_tokens is None:
         raise EvaluationError("give batch_size and/or max_tokens")
     task.load_dataset(split)
     dataset = task.dataset(split)
     n = len(dataset)
     label_rows = task.class_dictionary.label_rows.to(device)
-    n_labels = task.class_dictionary.num_labels
-    probs = np.zeros((n, n_labels), dtype=np.float64)
-    seen = np.zeros(n, dtype=np.int64)
+    probs = np.zeros((n, task.class_dictionary.num_labels), dtype=np.float64)
     gold = np.full(n, -1, dtype=np.int64)
-    model.to(device)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # fairseq always asks for it; harmless on CPU
-        try:
-            itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=batch_size,
-                                          max_positions=None, ignore_invalid_inputs=False,
-                                          required_batch_size_multiple=1, seed=1, num_workers=0, epoch=1,
-                                          num_shards=shard[1] if shard else 1,
-                                          shard_id=shard[0] if shard else 0).next_epoch_itr(shuffle=False)
-        except ValueError as e:  # the task's long-utterance message names training options
-            raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
-                                  f"unset (then only --batch-size limits a batch)") from None
-        for sample in progress(itr, len(itr), f"evaluate {split}", unit="batch"):  # streamed, not all in memory
-            if not sample:
-                continue
-            sample = utils.move_to_cuda(sample) if device != "cpu" else sample
-            out = model(**sample["net_input"])
-            logits = (out[0] if isinstance(out, (tuple, list)) else out)[:, label_rows].float()
-            idx = sample["id"].cpu().numpy()
-            probs[idx] = torch.softmax(logits, dim=-1).cpu().double().numpy()
-            seen[idx] += 1
-            if "target" in sample:
-                gold[idx] = sample["target"].cpu().numpy()
+
+    def step(sample, idx):
+        out = model(**sample["net_input"])
+        logits = (out[0] if isinstance(out, (tuple, list)) else out)[:, label_rows].float()
+        probs[idx] = torch.softmax(logits, dim=-1).cpu().double().numpy()
+        if "target" in sample:
+            gold[idx] = sample["target"].cpu().numpy()
+
+    try:
+        seen = each_row_once(task, dataset, step, f"evaluate {split}", batch_size, max_tokens, device, shard,
+                             model=model)
+    except ValueError as e:  # the task's long-utterance message names training options
+        raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
+                              f"unset (then only --batch-size limits a batch)") from None
     mine = np.nonzero(seen == 1)[0]
     if shard is not None and (seen <= 1).all():
         seen[seen == 0] = 1  # rows of the other shards
@@ -179,7 +165,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
         missing, twice = np.nonzero(seen == 0)[0], np.nonzero(seen > 1)[0]
         raise EvaluationError(f"split {split}: {len(missing)} rows never predicted (e.g. {missing[:5].tolist()}) and "
                               f"{len(twice)} predicted more than once; an empty audio file or a batching bug")
-    ids = list(dataset.ids) if getattr(dataset, "ids", None) else [str(i) for i in range(n)]
+    ids = row_ids(dataset)
     has_gold = getattr(dataset, "labels", None) is not None
     if shard is not None:
         return Predictions([ids[i] for i in mine], gold[mine].tolist() if has_gold else None,
@@ -208,7 +194,7 @@ def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
         out.update(accuracy=None, macro_precision=None, macro_recall=None, macro_f1=None)
         return out
     cm = M.confusion_matrix(pred.gold, pred.pred, len(labels))
-    slue, legacy_s = M.scores(cm, labels), M.legacy_scores(cm, labels)
+    slue, legacy_s = M.slue_scores(pred.gold, pred.pred, labels), M.legacy_scores(pred.gold, pred.pred, labels)
     head = legacy_s if legacy else slue
     out.update({k: 100.0 * head[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
     out["per_class"] = {k: {m: (100.0 * v if m in ("precision", "recall", "f1") else v) for m, v in row.items()}

@@ -9,7 +9,7 @@ indices, ids, gold labels and float64 probabilities). The merge refuses shards o
 repeated shard, and any row missing or scored twice."""
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
