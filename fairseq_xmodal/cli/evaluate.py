@@ -11,6 +11,7 @@ import sys
 
 from ..evaluation.evaluate import EvalConfig, evaluate_checkpoint, summary_line
 from ..evaluation.shards import merge, parse_shard
+from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
 
@@ -50,7 +51,9 @@ def main(argv=None):
     p.add_argument("--majority-threshold", type=float, default=EvalConfig.majority_threshold, metavar="FRACTION",
                    help="warn (metrics.json `single_label`) when at least this fraction of the predictions is one "
                         f"label (default {EvalConfig.majority_threshold})")
+    add_allow_pickle_flag(p)
     args = p.parse_args(argv)
+    allow_full_pickle(args.allow_pickle)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
     if args.merge is not None and not args.out_dir:

@@ -32,7 +32,7 @@ from fairseq.logging import metrics
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..models import heads
+from ..models import heads, modules
 from .classification import ClassificationCriterion, ClassificationCriterionConfig
 
 BODY = ChoiceEnum(["encoder", "encoder_decoder"])
@@ -87,8 +87,6 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.logsumexp(-t * d, dim=0) - math.log(d.numel())
 
 
-_UNSET = object()
-
 
 @contextmanager
 def twice_differentiable(model: torch.nn.Module):
@@ -96,12 +94,9 @@ def twice_differentiable(model: torch.nn.Module):
     values: attention through SDPA's math kernel (the CPU flash and CUDA fused kernels, and this repo's
     recomputing RelativePositionAttention, have no double backward), and no activation checkpointing (a recompute
     in backward would also run outside functional_call, i.e. with the unmodified parameters)."""
-    saved = []
-    for m in model.modules():
-        for attr in ("recompute", "checkpoint_activations"):
-            if (attr == "recompute" and hasattr(type(m), "recompute")) or \
-                    (attr == "checkpoint_activations" and isinstance(getattr(m, attr, None), bool)):
-                saved.append((m, attr, m.__dict__.get(attr, _UNSET)))
+    saved = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in ("recompute", "checkpoint_activations")
+             if (attr == "recompute" and isinstance(m, modules.MultiheadAttention))
+             or (attr == "checkpoint_activations" and isinstance(getattr(m, attr, None), bool))]
     try:
         for m, attr, _ in saved:
             setattr(m, attr, False)
@@ -109,10 +104,7 @@ def twice_differentiable(model: torch.nn.Module):
             yield
     finally:
         for m, attr, old in saved:
-            if old is _UNSET:
-                delattr(m, attr)  # back to the class default
-            else:
-                setattr(m, attr, old)
+            setattr(m, attr, old)
 
 
 class _WithParams:

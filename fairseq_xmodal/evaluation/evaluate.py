@@ -92,12 +92,14 @@ def load_for_evaluation(checkpoint: str, task_name: str, data: str, task_overrid
                  "train_subset": NO_TRAIN_SPLIT}
     cfg = make_cfg(task_dict, copy.deepcopy(state["cfg"]["model"]),
                    seed=(state["cfg"].get("common") or {}).get("seed", 1))
-    from fairseq import tasks
+    from fairseq import checkpoint_utils, tasks
 
     task = tasks.setup_task(cfg.task)
     check_dictionaries(state, checkpoint, task)
-    model = task.build_model(cfg.model)
-    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    # fairseq's own loader (build_model, num_updates, strict load_state_dict) over the state read safely above (no
+    # second read of the file) and with OUR cfg: the requested task over the requested data, the checkpoint's model
+    (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([os.path.abspath(checkpoint)], task=task,
+                                                                   strict=True, state={**state, "cfg": cfg})
     model.eval()
     return task, model, state
 
