@@ -54,9 +54,10 @@ def make_char_vocab(out_dir: str, charset: str = CHARSET) -> Tuple[str, str]:
         with open(prefix + ".model", "rb") as src, open(model_path, "wb") as dst:
             dst.write(src.read())
     dict_path = os.path.join(out_dir, "dict.txt")
-    with open(dict_path, "w") as f:
-        for i in range(4, sp.get_piece_size()):
-            f.write(f"{sp.id_to_piece(i)} 1\n")
+    d = Dictionary()  # its 4 specials are SentencePiece ids 0-3, so `<piece> 1` lines for ids 4.. follow them
+    for i in range(4, sp.get_piece_size()):
+        d.add_symbol(sp.id_to_piece(i))
+    d.save(dict_path)
     return model_path, dict_path
 
 
