@@ -19,8 +19,12 @@
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
    others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too.
 
-   Patches 2-4 below wrap fairseq functions for the same reason: fairseq offers no hook at these points (no launch
-   plug-in for call_main, no callback before/after Trainer.load_checkpoint or around the state broadcast).
+   Why a patch: fairseq has no launcher plug-in; call_main is what fairseq_cli.hydra_train calls.
+
+   Patches 3-4 wrap fairseq functions for the same reason. Trainer.load_checkpoint reads the file and loads the model
+   and optimizer itself and never calls task.load_state_dict (the task's own hook sees only what
+   load_model_ensemble_and_task loads), and fairseq has no callback before it, after the read, or after rank 0's
+   broadcast; so the check has to sit in Trainer.load_checkpoint, load_checkpoint_to_cpu and broadcast_object.
 
 3. Before fairseq's Trainer.load_checkpoint (training_guard.py): a truncated checkpoint_last.pt is repaired, an
    official SpeechT5 checkpoint is refused with the command that converts it, a checkpoint of other labels or symbols
@@ -31,9 +35,10 @@
    every rank with status 2 and one line, instead of training a head whose rows mean other labels.
 
 `PATCHED` records the signature of every fairseq function these patches call or replace (the three torch.load
-callers above included); tests/test_fairseq_patches.py fails when an installed fairseq differs, when install()
-replaces a function PATCHED does not record, or when fairseq gains a torch.load call site, so a fairseq upgrade cannot
-change what they do unnoticed.
+callers above included). tests/test_distributed.py fails when an installed fairseq's inspect.signature differs;
+tests/test_fairseq_patches.py fails when install() replaces a function PATCHED does not record or fairseq gains a
+torch.load call site. A fairseq upgrade cannot change what the patches do unnoticed. (The sweep callbacks' own
+fairseq/Hydra patches live in sweeps.py.)
 """
 import contextvars
 import datetime
