@@ -37,8 +37,7 @@
 `PATCHED` records the signature of every fairseq function these patches call or replace (the three torch.load
 callers above included). tests/test_distributed.py fails when an installed fairseq's inspect.signature differs;
 tests/test_fairseq_patches.py fails when install() replaces a function PATCHED does not record or fairseq gains a
-torch.load call site. A fairseq upgrade cannot change what the patches do unnoticed. (The sweep callbacks' own
-fairseq/Hydra patches live in sweeps.py.)
+torch.load call site. A fairseq upgrade cannot change what the patches do unnoticed.
 """
 import contextvars
 import datetime
