@@ -26,7 +26,7 @@ from ..models import heads
 from ..transfer import CARRIED_TASK_FIELDS, TASKS, is_official_checkpoint, is_xmodal_checkpoint
 from . import metrics as M
 from . import stats
-from .batches import each_row_once, row_ids
+from .batches import BatchingError, each_row_once, row_ids
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
     try:
         seen = each_row_once(task, dataset, step, f"evaluate {split}", batch_size, max_tokens, device, shard,
                              model=model)
-    except ValueError as e:  # the task's long-utterance message names training options
+    except BatchingError as e:  # the task's long-utterance message names training options
         raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
                               f"unset (then only --batch-size limits a batch)") from None
     mine = np.nonzero(seen == 1)[0]
