@@ -10,7 +10,8 @@ from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .files import atomic_torch_save
-from .files import atomic_write_json, atomic_write_text, write_together  # noqa: F401  (moved to files.py; old import path kept for callers)
+# moved to files.py; importable from here too while other modules (transfer.py) still do
+from .files import atomic_write_json, atomic_write_text, write_together  # noqa: F401
 from .safe_load import safe_torch_load
 
 TASKS = ("s2c", "t2c")

@@ -66,12 +66,13 @@ def main(argv=None):
             shard = parse_shard(args.shard) if args.shard else None
             out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data) + (
                 f".shard{shard[0]}of{shard[1]}" if shard else "")
-            m = evaluate_checkpoint(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
-                                    out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                    legacy_metrics=args.legacy_metrics, cpu=args.cpu,
-                                    task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
-                                    shard=shard, ci_level=args.ci_level, majority_threshold=args.majority_threshold,
-                                    bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed))
+            cfg = EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
+                             out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                             legacy_metrics=args.legacy_metrics, cpu=args.cpu,
+                             task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
+                             shard=shard, ci_level=args.ci_level, majority_threshold=args.majority_threshold,
+                             bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
+            m = evaluate_checkpoint(cfg)
     except EXPECTED as e:
         print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
         return 2
