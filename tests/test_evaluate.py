@@ -210,3 +210,17 @@ def test_summed_counts_score_like_the_offline_metrics():
         by_counts, offline = M.scores(summed, LABELS), M.slue_scores(gold, pred, LABELS)
         assert by_counts.keys() == offline.keys()
         assert np.allclose([by_counts[k] for k in offline], [offline[k] for k in offline]), (gold, pred)
+
+
+def test_majority_threshold_is_a_command_line_flag(t2c_ckpt, corpus_dir, tmp_path, capsys):
+    from fairseq_xmodal.cli import evaluate as cli
+
+    common = ["--checkpoint", t2c_ckpt, "--task", "t2c", "--data", corpus_dir, "--split", "valid"]
+    assert cli.main(common + ["--out-dir", str(tmp_path / "bad"), "--majority-threshold", "1.5"]) == 2
+    assert "--majority-threshold must be in (0, 1]" in capsys.readouterr().err
+    # with 3 labels the most frequent prediction always takes >= 1/3 of the rows, so 0.3 must fire
+    assert cli.main(common + ["--out-dir", str(tmp_path / "low"), "--majority-threshold", "0.3"]) == 0
+    with open(tmp_path / "low" / "metrics.json") as f:
+        m = json.load(f)
+    assert m["single_label"]["threshold"] == 0.3 and m["warnings"] == [m["single_label"]["message"]]
+    assert "WARNING: " in capsys.readouterr().out
