@@ -7,7 +7,6 @@ Reading and checking the tables: slue_rows.py; the audio pass: slue_audio.py; si
 """
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+
+from fairseq_xmodal.files import sha256
 
 from .process_control import Interrupted, available_cpus, stale_temp_folders, stop_on_signals
 from .slue_audio import SAMPLE_RATE, _run_audio_jobs
@@ -113,14 +114,6 @@ def few_shot(df: pd.DataFrame, ks: Iterable[int], seed: int) -> Dict[int, pd.Dat
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------------------------
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8") as f:
@@ -338,7 +331,7 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
                 _write_split(tmp, name, table, roots[source])
                 entry = {"source": source, "audio_root": roots[source], "rows": int(len(table)),
                          "counts": label_counts(table),
-                         "id_file_sha256": _sha256(os.path.join(tmp, f"{name}.id"))}
+                         "id_file_sha256": sha256(os.path.join(tmp, f"{name}.id"))}
                 entry.update(info)
                 derived[name] = entry
 
@@ -352,7 +345,7 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
             for s in steps:
                 order.setdefault(s["split"], len(order))
             steps.sort(key=lambda s: order[s["split"]])  # stable: each split's stages together, in processing order
-            inputs = {p: {"path": os.path.abspath(p), "sha256": _sha256(p)}
+            inputs = {p: {"path": os.path.abspath(p), "sha256": sha256(p)}
                       for p in list(sources.values()) + [spm_model, dict_txt]}
             report = {
                 "tool": "xmodal-prep-slue",

@@ -15,18 +15,13 @@ from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401
 
 fairseq_patches.install()
-if hasattr(OmegaConf, "register_new_resolver"):  # omegaconf >= 2.1
-    if not OmegaConf.has_resolver("xmodal_user_dir"):
-        OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)
-    if not OmegaConf.has_resolver("xmodal_transplanted"):  # fairseq_xmodal/config/sweep/transplanted/frozen.yaml
-        def _transplanted(path):
-            from .transfer import transplanted_selectors
+# omegaconf >= 2.1 (fairseq-fixed and the constraints require it; fairseq 0.12.2's 2.0 pin is not supported)
+if not OmegaConf.has_resolver("xmodal_user_dir"):
+    OmegaConf.register_new_resolver("xmodal_user_dir", lambda: USER_DIR)
+if not OmegaConf.has_resolver("xmodal_transplanted"):  # fairseq_xmodal/config/sweep/transplanted/frozen.yaml
+    def _transplanted(path):
+        from .transfer import transplanted_selectors
 
-            return transplanted_selectors(path)
+        return transplanted_selectors(path)
 
-        OmegaConf.register_new_resolver("xmodal_transplanted", _transplanted)
-else:  # omegaconf 2.0, pinned by fairseq==0.12.2
-    try:
-        OmegaConf.register_resolver("xmodal_user_dir", lambda: USER_DIR)
-    except AssertionError:  # already registered
-        pass
+    OmegaConf.register_new_resolver("xmodal_transplanted", _transplanted)

@@ -1,7 +1,13 @@
 """Every change this package makes to fairseq at runtime, in one place (installed when fairseq_xmodal is imported).
 
 1. Checkpoint loads (fairseq.checkpoint_utils) and rank 0's checkpoint broadcast (fairseq.distributed.utils) go
-   through safe_load.safe_torch_load: weights-only unpickling, widened by an allow-list (safe_load.py).
+   through safe_load.safe_torch_load: weights-only unpickling, widened by an allow-list (safe_load.py). fairseq has
+   no hook for how it unpickles: load_checkpoint_to_cpu, load_ema_from_checkpoint and _broadcast_object_slow call the
+   module-global `torch.load(f, map_location=...)` directly, so each module's `torch` is replaced by TorchWithSafeLoad
+   (torch with only `load` swapped). torch's own hooks do not suffice: `torch.serialization.add_safe_globals` only
+   widens the weights-only unpickler, and whether fairseq's plain `torch.load(f)` uses that unpickler at all depends
+   on the torch version (< 2.6: full pickle) and on TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; it would also widen every
+   `torch.load` of the process, cannot check config strings after unpickling, and its errors name "<stream>".
 2. fairseq.distributed.utils.call_main: data-parallel training without CUDA. fairseq infers its launch from
    torch.cuda.device_count(), which is 0 on a CPU machine: its own spawn then starts 0 workers and exits 0 having
    trained nothing, torchrun divides by 0, and a Slurm job gets world size 0. With `common.cpu=true` and
@@ -13,6 +19,13 @@
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
    others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too.
 
+   Why a patch: fairseq has no launcher plug-in; call_main is what fairseq_cli.hydra_train calls.
+
+   Patches 3-4 wrap fairseq functions for the same reason. Trainer.load_checkpoint reads the file and loads the model
+   and optimizer itself and never calls task.load_state_dict (the task's own hook sees only what
+   load_model_ensemble_and_task loads), and fairseq has no callback before it, after the read, or after rank 0's
+   broadcast; so the check has to sit in Trainer.load_checkpoint, load_checkpoint_to_cpu and broadcast_object.
+
 3. Before fairseq's Trainer.load_checkpoint (training_guard.py): a truncated checkpoint_last.pt is repaired, an
    official SpeechT5 checkpoint is refused with the command that converts it, a checkpoint of other labels or symbols
    with xmodal-transfer's message.
@@ -21,8 +34,10 @@
    xmodal-transfer and xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
    every rank with status 2 and one line, instead of training a head whose rows mean other labels.
 
-`PATCHED` records the signature of every fairseq function these patches call or replace; tests/test_distributed.py
-fails when an installed fairseq differs, so a fairseq upgrade cannot change what they do unnoticed.
+`PATCHED` records the signature of every fairseq function these patches call or replace (the three torch.load
+callers above included). tests/test_distributed.py fails when an installed fairseq's inspect.signature differs;
+tests/test_fairseq_patches.py fails when install() replaces a function PATCHED does not record or fairseq gains a
+torch.load call site. A fairseq upgrade cannot change what the patches do unnoticed.
 """
 import contextvars
 import datetime
@@ -31,6 +46,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 import warnings
 
 import torch
@@ -51,6 +67,7 @@ PATCHED = {
     "fairseq.distributed.utils:_broadcast_object_slow":
         "(obj: Any, src_rank: int, group: object, dist_device: torch.device) -> Any",
     "fairseq.checkpoint_utils:load_checkpoint_to_cpu": "(path, arg_overrides=None, load_on_all_ranks=False)",
+    "fairseq.checkpoint_utils:load_ema_from_checkpoint": "(fpath)",
     "fairseq.distributed.utils:broadcast_object":
         "(obj: Any, src_rank: int, group: object, dist_device: Optional[torch.device] = None) -> Any",
     "fairseq.trainer:Trainer.load_checkpoint": "(self, filename, reset_optimizer=False, reset_lr_scheduler=False, "
@@ -281,6 +298,22 @@ def broadcast_object(obj, src_rank, group, dist_device=None):
 
 # ---------------------------------------------------------------------------------------------- installation
 
+
+class TorchWithSafeLoad(types.ModuleType):
+    """`torch` as seen by fairseq's checkpoint code: everything forwarded, except `load` (patch 1 above)."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    load = staticmethod(safe_load.safe_torch_load)
+
+
+# modules whose global `torch` is TorchWithSafeLoad once install() ran
+SAFE_LOAD_MODULES = ("fairseq.checkpoint_utils", "fairseq.distributed.utils")
+
 _original = {}
 
 
@@ -290,8 +323,8 @@ def install():
     from fairseq.distributed import utils as dist_utils
 
     for module in (checkpoint_utils, dist_utils):
-        if not isinstance(module.torch, safe_load.TorchWithSafeLoad):
-            module.torch = safe_load.TorchWithSafeLoad()
+        if not isinstance(module.torch, TorchWithSafeLoad):
+            module.torch = TorchWithSafeLoad()
     from fairseq.trainer import Trainer
 
     for owner, name, patch, key in ((dist_utils, "call_main", call_main, "call_main"),

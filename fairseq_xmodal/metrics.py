@@ -1,14 +1,19 @@
-"""Classification scores from a confusion matrix (the criterion sums confusion counts in its logs; xmodal-evaluate and
-the probe score whole splits), SLUE-style: macro averages over the FIXED label set, a class
-never predicted (or never seen) contributes 0 (sklearn zero_division=0 with labels= fixed)."""
+"""Classification scores, SLUE-style: macro averages over the FIXED label set, a class never predicted (or never seen)
+contributes 0 (sklearn zero_division=0 with labels= fixed). Offline (evaluation, probe): sklearn's
+precision_recall_fscore_support on the predictions. During training: the same definition from summed confusion counts
+(`scores`), because fairseq's logs must be summable across batches and workers."""
 from typing import Dict, List, Sequence
 
 import numpy as np
 
 
 def confusion_matrix(gold: Sequence[int], pred: Sequence[int], num_labels: int) -> np.ndarray:
+    """cm[gold, pred] over label positions 0..num_labels-1 (sklearn, with the label list fixed)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
     cm = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(cm, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    if len(gold):
+        cm += sk_confusion_matrix(gold, pred, labels=list(range(num_labels)))
     return cm
 
 
@@ -16,51 +21,62 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 
 
+def _flat(accuracy: float, precision, recall, f1, labels: List[str], present=None) -> Dict[str, float]:
+    """Macro means over `present` (default: all labels) and per-class entries for those labels."""
+    present = np.ones(len(labels), dtype=bool) if present is None else present
+    any_ = bool(present.any())
+    out = {"accuracy": accuracy,
+           "macro_precision": float(np.mean(precision[present])) if any_ else 0.0,
+           "macro_recall": float(np.mean(recall[present])) if any_ else 0.0,
+           "macro_f1": float(np.mean(f1[present])) if any_ else 0.0}
+    for i, name in enumerate(labels):
+        if present[i]:
+            out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = (
+                float(precision[i]), float(recall[i]), float(f1[i]))
+    return out
+
+
 def scores(cm: np.ndarray, labels: List[str]) -> Dict[str, float]:
-    """cm[gold, pred] -> accuracy, macro P/R/F1 and per-class P/R/F1 (fractions in [0, 1], python floats)."""
+    """From SUMMED confusion counts cm[gold, pred] (the criterion's fairseq logs, which must stay summable across
+    batches and workers): accuracy, macro P/R/F1 and per-class P/R/F1 (fractions in [0, 1], python floats).
+    The same definition as slue_scores; offline evaluation uses that one (sklearn on the predictions)."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     precision = _safe_div(tp, cm.sum(axis=0))
     recall = _safe_div(tp, cm.sum(axis=1))
     f1 = _safe_div(2 * precision * recall, precision + recall)
     total = cm.sum()
-    out = {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-    }
-    for i, name in enumerate(labels):
-        out[f"precision_{name}"] = float(precision[i])
-        out[f"recall_{name}"] = float(recall[i])
-        out[f"f1_{name}"] = float(f1[i])
-    return out
+    return _flat(float(tp.sum() / total) if total else 0.0, precision, recall, f1, labels)
 
 
-def legacy_scores(cm: np.ndarray, labels: List[str]) -> Dict[str, float]:
+def slue_scores(gold: Sequence[int], pred: Sequence[int], labels: List[str]) -> Dict[str, float]:
+    """SLUE: sklearn precision_recall_fscore_support over the FIXED label set, zero_division=0; keys as `scores`."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    if not len(gold):
+        return scores(np.zeros((len(labels), len(labels))), labels)
+    p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), average=None,
+                                                 zero_division=0)
+    return _flat(float(accuracy_score(gold, pred)), p, r, f, labels)
+
+
+def legacy_scores(gold: Sequence[int], pred: Sequence[int], labels: List[str]) -> Dict[str, float]:
     """The prior system's numbers (prior_system.md §6): sklearn macro P/R/F1 with zero_division=1 and NO fixed label
     list, i.e. averaged over the labels that occur in gold or predictions. A class that is never predicted scores
-    precision 1, which inflates macro precision for majority-class predictors. Accuracy is unchanged."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp, gold, pred = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    present = (gold > 0) | (pred > 0)
-    precision = np.where(pred > 0, tp / np.where(pred > 0, pred, 1), 1.0)
-    recall = np.where(gold > 0, tp / np.where(gold > 0, gold, 1), 1.0)
-    # sklearn's F1 = 2tp / (2tp + fp + fn); its denominator is never 0 for a present label.
-    denom = 2 * tp + (pred - tp) + (gold - tp)
-    f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 1.0)
-    total = cm.sum()
-    out = {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-    }
-    for i, name in enumerate(labels):
-        if present[i]:
-            out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = (
-                float(precision[i]), float(recall[i]), float(f1[i]))
-    return out
+    precision 1, which inflates macro precision for majority-class predictors. Accuracy is unchanged. Per-class
+    entries only for the labels that occur."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    present = np.zeros(len(labels), dtype=bool)
+    if not len(gold):
+        return _flat(0.0, present, present, present, labels, present)
+    occurring = np.union1d(np.asarray(gold), np.asarray(pred)).astype(np.int64)  # sklearn's own label set
+    p, r, f, _ = precision_recall_fscore_support(gold, pred, average=None, zero_division=1)
+    present[occurring] = True
+    full = [np.zeros(len(labels)) for _ in range(3)]
+    for dst, src in zip(full, (p, r, f)):
+        dst[occurring] = src
+    return _flat(float(accuracy_score(gold, pred)), *full, labels, present)
 
 
 def per_class(cm: np.ndarray, labels: List[str], flat: Dict[str, float]) -> Dict[str, Dict[str, float]]:

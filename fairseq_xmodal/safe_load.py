@@ -7,22 +7,18 @@ asks for. We give fairseq a `torch.load` that always uses the weights-only unpic
 allow-list of the plain data types these checkpoints contain, and that then checks the config strings the model
 would interpret (conv_feature_layers and the fields fairseq `eval`s), so a payload in a string never runs either.
 
-Why `fairseq.checkpoint_utils.torch` is replaced rather than calling `torch.serialization.add_safe_globals` once:
-add_safe_globals only widens the weights-only unpickler; whether fairseq's `torch.load(f)` uses that unpickler at all
-depends on the torch version and on TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, so it alone is no guarantee. It would also widen
-every `torch.load` in the process (other libraries included), it cannot check config strings after unpickling, and
-errors would name "<stream>" (fairseq passes an open file). The replacement forces weights_only=True, scopes the
-allow-list to our loads with the `torch.serialization.safe_globals` context (torch's supported mechanism), names the
-file, and turns every refusal into one CheckpointError line.
+fairseq's own loads reach safe_torch_load through fairseq_patches.py (why a patch there: its docstring).
 
-Opt-out, for a file you trust and that needs another type: XMODAL_UNSAFE_TORCH_LOAD=1 (logs a warning every time).
+Opt-out, for a file you trust and that needs another type: the explicit `--allow-pickle` flag of xmodal-evaluate,
+xmodal-probe and xmodal-import-official (`add_allow_pickle_flag`, `allow_full_pickle`; logged on every load). Training
+never opts out: convert a trusted file once with `xmodal-import-official --allow-pickle`, which writes a checkpoint
+that loads safely. No environment variable can switch this off behind a command's back.
 """
 import argparse
 import collections
 import collections.abc
 import logging
 import os
-import types
 import typing
 
 import torch
@@ -31,7 +27,8 @@ from .models.conv_spec import FIELD as CONV_FIELD, ConvSpecError, is_plain_spec,
 
 logger = logging.getLogger(__name__)
 
-UNSAFE_ENV = "XMODAL_UNSAFE_TORCH_LOAD"
+ALLOW_PICKLE_FLAG = "--allow-pickle"
+_full_pickle = {"allowed": False}  # set only by allow_full_pickle(), i.e. by a command's --allow-pickle
 # Config strings that fairseq code passes to `eval` (optimizers, criteria, conv/fconv models). We never build most of
 # them, but load_model_ensemble_and_task builds whatever a checkpoint names: each must be a plain Python literal.
 LITERAL_FIELDS = ("adam_betas", "adamax_betas", "lamb_betas", "adafactor_eps", "wer_args", "character_filters",
@@ -140,17 +137,29 @@ def check_config_strings(state, name: str) -> None:
                     f"(fairseq would execute it). A genuine checkpoint holds e.g. '(0.9, 0.98)' there")
 
 
+def allow_full_pickle(allowed: bool = True) -> None:
+    """Let every later load of this process use full pickle (which runs whatever code the file holds)."""
+    _full_pickle["allowed"] = bool(allowed)
+
+
+def add_allow_pickle_flag(parser) -> None:
+    """The one opt-out flag of the commands that read checkpoints; call allow_full_pickle(args.allow_pickle)."""
+    parser.add_argument(ALLOW_PICKLE_FLAG, action="store_true",
+                        help="load checkpoints with full pickle instead of the weights-only allow-list: runs any code "
+                             "a file contains, so only for files you trust (logged on every load)")
+
+
 def safe_torch_load(f, map_location=None, **kwargs):
     """torch.load restricted to tensors and the allow-list above, on every torch version we support."""
     kwargs.pop("weights_only", None)
     name = file_name(f)
-    if os.environ.get(UNSAFE_ENV) == "1":
-        logger.warning(f"{UNSAFE_ENV}=1: loading {name} with full pickle; only do this for files you trust")
+    if _full_pickle["allowed"]:
+        logger.warning(f"{ALLOW_PICKLE_FLAG}: loading {name} with full pickle; only do this for files you trust")
         return torch.load(f, map_location=map_location, weights_only=False, **kwargs)
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5 cannot widen the safe unpickler
         raise UnsafeCheckpointError(
             f"torch {torch.__version__} cannot load {name} safely (needs torch >= 2.5 for an allow-listed weights-only "
-            f"load); upgrade torch, or set {UNSAFE_ENV}=1 if you trust the file"
+            f"load); upgrade torch, or pass {ALLOW_PICKLE_FLAG} if you trust the file"
         )
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
@@ -166,7 +175,7 @@ def safe_torch_load(f, map_location=None, **kwargs):
             raise UnsafeCheckpointError(
                 f"refusing to load {name}: it contains an object outside the checkpoint allow-list "
                 f"({first[0].strip()}). A genuine fairseq/SpeechT5 checkpoint never does; if you trust this file, "
-                f"set {UNSAFE_ENV}=1"
+                f"pass {ALLOW_PICKLE_FLAG} (xmodal-import-official {ALLOW_PICKLE_FLAG} converts it into a safe one)"
             ) from None
         size = os.path.getsize(name) if os.path.isfile(name) else None
         what = "empty" if size == 0 else f"{type(e).__name__}: {text.splitlines()[0][:120] if text else 'no data'}"
@@ -188,16 +197,3 @@ def _last_checkpoint_hint(name: str) -> str:
         return f"; no other complete checkpoint is in its folder: remove {name} to start the run over"
     return (f"; the run was probably killed while fairseq copied it. To resume from the newest complete save: "
             f"cp {newest} {name} (sweep jobs do this repair themselves)")
-
-
-class TorchWithSafeLoad(types.ModuleType):
-    """`torch` as seen by fairseq's checkpoint code: everything forwarded, except `load`."""
-
-    def __init__(self):
-        super().__init__("torch")
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    load = staticmethod(safe_torch_load)
-

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -30,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .fairseq_patches import launcher_rank
+from .files import atomic_copy, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +182,7 @@ def repair_last_checkpoint(save_dir: str, last_name: str = "checkpoint_last.pt")
             return None
         os.replace(last, last + ".incomplete")
         return f"{last} is incomplete and no other complete checkpoint exists: moved aside to {last}.incomplete"
-    tmp = last + ".repair.tmp"
-    shutil.copyfile(newest, tmp)
-    os.replace(tmp, last)
+    atomic_copy(newest, last)
     why = "was stale" if last_ok else ("was incomplete" if last_exists else "was missing")
     return f"{last_name} {why}: replaced by a copy of {os.path.basename(newest)}"
 
@@ -486,9 +484,7 @@ def write_table(path: str, rows: Sequence[Sequence[str]]) -> None:
         for field in row:
             if "\t" in field or "\n" in field:
                 raise SweepError(f"a tab or newline cannot be passed through the array table: {field!r}")
-    with open(path + ".tmp", "w") as f:
-        f.write("".join("\t".join(row) + "\n" for row in rows))
-    os.replace(path + ".tmp", path)
+    atomic_write_text("".join("\t".join(row) + "\n" for row in rows), path)
 
 
 def read_table(path: str) -> List[List[Any]]:

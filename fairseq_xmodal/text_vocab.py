@@ -23,7 +23,11 @@ def load_text_dictionary(dict_path: str) -> Dictionary:
     """dict.txt + <mask> + <ctc_blank>, exactly as the official task builds it (81 symbols for the official file)."""
     if not os.path.isfile(dict_path):
         raise FileNotFoundError(f"text dictionary {dict_path} not found: copy SpeechT5's dict.txt there")
-    d = Dictionary.load(io.StringIO(read_utf8(dict_path)))  # BOM stripped, non-UTF-8 named
+    return with_extra_symbols(Dictionary.load(io.StringIO(read_utf8(dict_path))))  # BOM stripped, non-UTF-8 named
+
+
+def with_extra_symbols(d: Dictionary) -> Dictionary:
+    """`d` + <mask> + <ctc_blank>, as SpeechT5Task appends them to every dictionary it loads (text and SID labels)."""
     for sym in EXTRA_SYMBOLS:
         d.add_symbol(sym)
     return d
@@ -50,9 +54,10 @@ def make_char_vocab(out_dir: str, charset: str = CHARSET) -> Tuple[str, str]:
         with open(prefix + ".model", "rb") as src, open(model_path, "wb") as dst:
             dst.write(src.read())
     dict_path = os.path.join(out_dir, "dict.txt")
-    with open(dict_path, "w") as f:
-        for i in range(4, sp.get_piece_size()):
-            f.write(f"{sp.id_to_piece(i)} 1\n")
+    d = Dictionary()  # its 4 specials are SentencePiece ids 0-3, so `<piece> 1` lines for ids 4.. follow them
+    for i in range(4, sp.get_piece_size()):
+        d.add_symbol(sp.id_to_piece(i))
+    d.save(dict_path)
     return model_path, dict_path
 
 

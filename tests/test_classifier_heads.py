@@ -319,7 +319,7 @@ def test_mona_reads_features_through_the_model_pooling(corpus_dir):
                              activation_dropout=0.0)
     model = SpeechT5Classifier.build_model(cfg, task).train()
     crit = MonaCriterion(task, MonaCriterionConfig(mona_features="classifier"))
-    src = sample["source_net_input"]
+    src = sample["other_modality_net_input"]
     enc, pad, layers = model.encode(**src, return_layers=True)
     assert torch.equal(crit.source_features(model, src), model.pool(enc, pad, layers))
     loss, sample_size, log = crit(model, sample)

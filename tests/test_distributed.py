@@ -192,9 +192,9 @@ def check_same_training(reference, parallel, corpus_dir, task, updates):
     assert "distributed training on CPU: world size 2" in log
     # the last validation (after the last update, both ranks sharing the valid batches) scored every valid row once:
     # it equals xmodal-evaluate's single-process score of the final weights on the full split
-    from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate
+    from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 
-    m = evaluate(EvalConfig(checkpoint=os.path.join(parallel, "checkpoints", "checkpoint_last.pt"), task=task,
+    m = evaluate_checkpoint(EvalConfig(checkpoint=os.path.join(parallel, "checkpoints", "checkpoint_last.pt"), task=task,
                             data=corpus_dir, split="valid", out_dir=os.path.join(parallel, "eval_valid"), cpu=True))
     last_valid = [s for name, s in par_logs if name == "valid"][-1]
     assert last_valid["num_updates"] == updates and m["rows"] == 24

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from conftest import run_cli
 from fairseq_xmodal import metrics as M
-from fairseq_xmodal.evaluation.evaluate import (EvalConfig, EvaluationError, Predictions, compute_metrics, evaluate,
+from fairseq_xmodal.evaluation.evaluate import (EvalConfig, EvaluationError, Predictions, compute_metrics, evaluate_checkpoint,
                                                 load_for_evaluation, predict)
 from fairseq_xmodal.transfer import TransferPlan, transfer
 from conftest import t2c_from_s2c
@@ -119,7 +119,7 @@ def check_outputs(out_dir, corpus_dir, split, m):
 
 def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
     """A text-trained checkpoint on audio (API), a speech checkpoint on transcripts (console script)."""
-    m = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="s2c", data=corpus_dir, split="valid",
+    m = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="s2c", data=corpus_dir, split="valid",
                             out_dir=str(tmp_path / "t2c_on_speech")))
     assert m["cross_modal"] and m["checkpoint"]["task"] == "t2c" and m["task"] == "s2c"
     assert m["checkpoint"]["kind"] == "trained" and m["checkpoint"]["init"] == "transfer s2c->t2c of s2c_init.pt"
@@ -137,7 +137,7 @@ def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
     rows = check_outputs(out, corpus_dir, "valid", m2)
     assert (m2["single_label"] is not None) == any(f >= 0.95 for f in m2["predicted_fraction"].values())
     # The transferred s2c model is the t2c model: on text it predicts exactly what the t2c checkpoint predicts.
-    m3 = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid",
+    m3 = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid",
                              out_dir=str(tmp_path / "t2c_on_text")))
     assert not m3["cross_modal"]
     same = read_predictions(str(tmp_path / "t2c_on_text" / "predictions.tsv"))
@@ -181,9 +181,9 @@ def test_dictionary_mismatch_and_bad_inputs_name_the_file(t2c_ckpt, corpus_dir, 
     with pytest.raises(EvaluationError, match="xmodal-import-official"):
         load_for_evaluation(official_tiny, "t2c", corpus_dir)
     out = str(tmp_path / "e")
-    evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
+    evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
     with pytest.raises(EvaluationError, match="--overwrite"):
-        evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
+        evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=corpus_dir, split="valid", out_dir=out))
 
 
 def test_split_without_labels_is_predicted(t2c_ckpt, corpus_dir, tmp_path):
@@ -191,8 +191,36 @@ def test_split_without_labels_is_predicted(t2c_ckpt, corpus_dir, tmp_path):
     shutil.copytree(corpus_dir, data, ignore=shutil.ignore_patterns("audio"))
     for ext in ("id", "wrd"):
         shutil.copy(data / f"valid.{ext}", data / f"blind.{ext}")
-    m = evaluate(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=str(data), split="blind",
+    m = evaluate_checkpoint(EvalConfig(checkpoint=t2c_ckpt, task="t2c", data=str(data), split="blind",
                             out_dir=str(tmp_path / "out")))
     rows = read_predictions(str(tmp_path / "out" / "predictions.tsv"))
     assert len(rows) == 24 and all(r["gold"] == "" for r in rows) and m["accuracy"] is None
     assert sum(m["predicted_distribution"].values()) == 24
+
+
+def test_summed_counts_score_like_the_offline_metrics():
+    """The criterion scores summed confusion counts (fairseq logs must be summable); offline evaluation scores the
+    predictions with sklearn. Both must give the same numbers, split into batches or not."""
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        n = int(rng.integers(1, 40))
+        gold, pred = rng.integers(0, 3, n), rng.integers(0, 3, n) if trial % 3 else np.zeros(n, dtype=np.int64)
+        cut = int(rng.integers(0, n + 1))
+        summed = M.confusion_matrix(gold[:cut], pred[:cut], 3) + M.confusion_matrix(gold[cut:], pred[cut:], 3)
+        by_counts, offline = M.scores(summed, LABELS), M.slue_scores(gold, pred, LABELS)
+        assert by_counts.keys() == offline.keys()
+        assert np.allclose([by_counts[k] for k in offline], [offline[k] for k in offline]), (gold, pred)
+
+
+def test_majority_threshold_is_a_command_line_flag(t2c_ckpt, corpus_dir, tmp_path, capsys):
+    from fairseq_xmodal.cli import evaluate as cli
+
+    common = ["--checkpoint", t2c_ckpt, "--task", "t2c", "--data", corpus_dir, "--split", "valid"]
+    assert cli.main(common + ["--out-dir", str(tmp_path / "bad"), "--majority-threshold", "1.5"]) == 2
+    assert "--majority-threshold must be in (0, 1]" in capsys.readouterr().err
+    # with 3 labels the most frequent prediction always takes >= 1/3 of the rows, so 0.3 must fire
+    assert cli.main(common + ["--out-dir", str(tmp_path / "low"), "--majority-threshold", "0.3"]) == 0
+    with open(tmp_path / "low" / "metrics.json") as f:
+        m = json.load(f)
+    assert m["single_label"]["threshold"] == 0.3 and m["warnings"] == [m["single_label"]["message"]]
+    assert "WARNING: " in capsys.readouterr().out

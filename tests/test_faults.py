@@ -143,7 +143,7 @@ def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_
 
     out = tmp_path / "eval"
     cfg = ev.EvalConfig(checkpoint=imported_init["t2c"], task="t2c", data=corpus_dir, split="valid", out_dir=str(out))
-    ev.evaluate(cfg)
+    ev.evaluate_checkpoint(cfg)
     progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate valid: ")]
     assert progress and progress[-1].startswith("evaluate valid: 3/3 batch (100%)")  # 24 rows, batch size 8
     before = {n: (out / n).read_bytes() for n in ("predictions.tsv", "metrics.json")}
@@ -153,12 +153,12 @@ def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_
 
     monkeypatch.setattr(ev, "atomic_write_json", full_disk)
     with pytest.raises(OSError):
-        ev.evaluate(ev.EvalConfig(**{**cfg.__dict__, "overwrite": True, "split": "test"}))
+        ev.evaluate_checkpoint(ev.EvalConfig(**{**cfg.__dict__, "overwrite": True, "split": "test"}))
     assert {n: (out / n).read_bytes() for n in before} == before  # the previous pair, untouched
     assert sorted(os.listdir(out)) == ["metrics.json", "predictions.tsv"]  # no temp or backup file
     fresh = tmp_path / "fresh"
     with pytest.raises(OSError):
-        ev.evaluate(ev.EvalConfig(**{**cfg.__dict__, "out_dir": str(fresh)}))
+        ev.evaluate_checkpoint(ev.EvalConfig(**{**cfg.__dict__, "out_dir": str(fresh)}))
     assert os.listdir(fresh) == []  # neither file
 
 

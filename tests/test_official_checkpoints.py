@@ -1,5 +1,6 @@
 """Official-format checkpoints: exact layout, strict import, SID head mapping, and loads that cannot run code."""
 import argparse
+import fractions
 import os
 import pickle
 
@@ -11,6 +12,7 @@ from conftest import run_cli
 from fairseq_xmodal.checkpoints import load_state
 from fairseq_xmodal.models.official import SID_HEAD, import_official, write_official_checkpoint
 from fairseq_xmodal.models.speecht5 import SpeechT5TinyConfig
+from fairseq_xmodal import safe_load
 from fairseq_xmodal.safe_load import UnsafeCheckpointError, safe_torch_load
 
 SPEC_KEYS = os.path.join(os.path.dirname(__file__), "data", "speecht5_pretrain_keys.tsv")
@@ -103,8 +105,18 @@ def test_unsafe_opt_out_is_explicit(tmp_path, monkeypatch):
     path = str(tmp_path / "plain.pt")
     torch.save({"x": pickle.dumps(1), "ns": argparse.Namespace(a=1)}, path)
     assert safe_torch_load(path)["ns"].a == 1  # Namespace is on the allow-list
-    monkeypatch.setenv("XMODAL_UNSAFE_TORCH_LOAD", "1")
+    monkeypatch.setattr(safe_load, "_full_pickle", {"allowed": False})
+    safe_load.allow_full_pickle()  # what --allow-pickle does
     assert safe_torch_load(path)["ns"].a == 1
+    outside = str(tmp_path / "fraction.pt")  # fractions.Fraction is not on the allow-list
+    torch.save({"c": fractions.Fraction(1, 3)}, outside)
+    assert safe_torch_load(outside)["c"] == fractions.Fraction(1, 3)
+    safe_load.allow_full_pickle(False)
+    with pytest.raises(UnsafeCheckpointError, match="--allow-pickle"):
+        safe_torch_load(outside)
+    monkeypatch.setenv("XMODAL_UNSAFE_TORCH_LOAD", "1")  # the former environment switch opens nothing
+    with pytest.raises(UnsafeCheckpointError):
+        safe_torch_load(outside)
 
 
 def test_sid_checkpoint_head_rows_are_mapped_by_label_name(tmp_path, corpus_dir, official_tiny):

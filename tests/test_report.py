@@ -10,7 +10,7 @@ from collections import OrderedDict
 import pytest
 
 from conftest import hydra_train, run_cli
-from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate
+from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 from fairseq_xmodal.evaluation.logs import (learning_speed, parse_log_line, parse_training_log, shots_of,
                                             single_label)
 from conftest import shared_transfer, t2c_from_s2c
@@ -147,9 +147,9 @@ def test_report_over_real_fewshot_runs(tmp_path_factory, corpus_dir, imported_in
     full = t2c_from_s2c(tmp_path_factory, imported_init, corpus_dir)  # the same recipe on the whole train split
     evals = tmp_path / "evals"
     for task in ("t2c", "s2c"):  # same modality and zero-shot on speech
-        evaluate(EvalConfig(checkpoint=str(full / "checkpoints" / "checkpoint_best.pt"), task=task, data=corpus_dir,
+        evaluate_checkpoint(EvalConfig(checkpoint=str(full / "checkpoints" / "checkpoint_best.pt"), task=task, data=corpus_dir,
                             split="valid", out_dir=str(evals / f"full_on_{task}")))
-    evaluate(EvalConfig(checkpoint=init, task="t2c", data=corpus_dir, split="valid", out_dir=str(evals / "zero_shot"),
+    evaluate_checkpoint(EvalConfig(checkpoint=init, task="t2c", data=corpus_dir, split="valid", out_dir=str(evals / "zero_shot"),
                         legacy_metrics=True))
 
     out = tmp_path / "report"
@@ -203,7 +203,7 @@ def test_report_over_real_seeds_bands_error_bars_and_summed_confusion(tmp_path_f
         hydra_train("t2c_demo", str(run), f"task.data={data}", "dataset.train_subset=train.k4", f"common.seed={seed}",
                     "optimization.max_update=12", f"checkpoint.finetune_from_model={init}",
                     "optimization.lr=[3e-3]")
-        evaluate(EvalConfig(checkpoint=str(run / "checkpoints" / "checkpoint_best.pt"), task="t2c", data=data,
+        evaluate_checkpoint(EvalConfig(checkpoint=str(run / "checkpoints" / "checkpoint_best.pt"), task="t2c", data=data,
                             split="valid", out_dir=str(tmp_path / "evals" / f"seed{seed}" / "k4")))
     out = tmp_path / "report"
     proc = run_cli(["xmodal-report", str(tmp_path / "runs"), str(tmp_path / "evals"), "--out", str(out)])
@@ -225,7 +225,7 @@ def test_report_over_real_seeds_bands_error_bars_and_summed_confusion(tmp_path_f
     assert "## Conditions over seeds" in md and "## Comparisons" in md
 
     only_transferred = tmp_path / "report2"
-    evaluate(EvalConfig(checkpoint=init, task="t2c", data=data, split="valid", out_dir=str(tmp_path / "z" / "zs")))
+    evaluate_checkpoint(EvalConfig(checkpoint=init, task="t2c", data=data, split="valid", out_dir=str(tmp_path / "z" / "zs")))
     proc = run_cli(["xmodal-report", str(tmp_path / "z"), "--out", str(only_transferred)])
     assert "not drawn: f1_vs_shots.png: no training run or evaluation is on a k-shot split" in proc.stdout
     assert "f1_vs_shots.png" in (only_transferred / "report.md").read_text().split("## Figures not drawn")[1]

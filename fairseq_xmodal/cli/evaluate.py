@@ -9,8 +9,9 @@ import argparse
 import os
 import sys
 
-from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
+from ..evaluation.evaluate import EvalConfig, evaluate_checkpoint, summary_line
 from ..evaluation.shards import merge, parse_shard
+from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
 
@@ -47,7 +48,12 @@ def main(argv=None):
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the utterances for the intervals (default 1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0; recorded)")
+    p.add_argument("--majority-threshold", type=float, default=EvalConfig.majority_threshold, metavar="FRACTION",
+                   help="warn (metrics.json `single_label`) when at least this fraction of the predictions is one "
+                        f"label (default {EvalConfig.majority_threshold})")
+    add_allow_pickle_flag(p)
     args = p.parse_args(argv)
+    allow_full_pickle(args.allow_pickle)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
     if args.merge is not None and not args.out_dir:
@@ -60,12 +66,13 @@ def main(argv=None):
             shard = parse_shard(args.shard) if args.shard else None
             out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data) + (
                 f".shard{shard[0]}of{shard[1]}" if shard else "")
-            m = evaluate(EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
-                                    out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                                    legacy_metrics=args.legacy_metrics, cpu=args.cpu,
-                                    task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
-                                    shard=shard, ci_level=args.ci_level,
-                                    bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed))
+            cfg = EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
+                             out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                             legacy_metrics=args.legacy_metrics, cpu=args.cpu,
+                             task_overrides=parse_task_args(args.task_arg), overwrite=args.overwrite,
+                             shard=shard, ci_level=args.ci_level, majority_threshold=args.majority_threshold,
+                             bootstrap_resamples=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
+            m = evaluate_checkpoint(cfg)
     except EXPECTED as e:
         print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
         return 2

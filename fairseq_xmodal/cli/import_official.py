@@ -9,10 +9,11 @@ import argparse
 import os
 import sys
 
-from ..checkpoints import atomic_write_json
+from ..files import atomic_write_json
 from ..models.heads import CLASSIFIERS
 from ..models.hf import import_hf_folder, is_hf_folder
 from ..models.official import import_official
+from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .errors import console_main, refuse_existing
 
 
@@ -33,7 +34,9 @@ def main(argv=None):
     p.add_argument("--classifier", default="decoder_query", choices=CLASSIFIERS,
                    help="model.classifier of the result (docs/methods/classifier_heads.md); the encoder heads leave "
                         "the official decoder out (reported as ignored) and start with a new class head")
+    add_allow_pickle_flag(p)
     args = p.parse_args(argv)
+    allow_full_pickle(args.allow_pickle)
     overrides = {"classifier": args.classifier} if args.classifier != "decoder_query" else None
     sidecar = args.out + ".import.json"
     inputs = [args.checkpoint, args.sid_dict, args.text_prenet_from]

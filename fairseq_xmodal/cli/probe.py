@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .errors import EXPECTED, console_main, one_line
 
 
@@ -51,7 +52,9 @@ def main(argv=None):
                    help="output folder (default: <checkpoint dir>/probe/<stem>.<modality>.<data name>.<train>-<eval>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing probe.json in --out-dir")
     p.add_argument("--verbose", action="store_true", help="show fairseq's INFO logging")
+    add_allow_pickle_flag(p)
     args = p.parse_args(argv)
+    allow_full_pickle(args.allow_pickle)
     evaluation = f"holdout{args.holdout:g}" if args.holdout is not None else (args.eval_split or "valid")
     out_dir = args.out_dir or default_out_dir(args.checkpoint, args.modality, args.data, args.train_split, evaluation)
     # Importing fairseq configures the root logger at INFO (fairseq/tasks/text_to_speech.py); keep the table readable.

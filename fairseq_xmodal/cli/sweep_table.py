@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.evaluation import seeds
-from fairseq_xmodal.checkpoints import atomic_write_text
+from fairseq_xmodal.files import atomic_write_text
 from .errors import console_main, refuse_existing
 
 FIRST = ["job", "status"]

@@ -22,10 +22,12 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoints import atomic_write_json, load_state
+from ..checkpoints import load_state
+from ..files import atomic_write_json, sha256
 from ..modalities import TASKS
+from ..progress import progress
 from ..selectors import LAYERED, named_layers
-from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, sha256, transfer
+from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, transfer
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
 
@@ -55,16 +57,16 @@ def prepare(source: str, base: str, task: str, data: str, out_dir: str, group: s
             raise TransferError(str(e)) from None
     os.makedirs(out_dir, exist_ok=True)
     files = {}
-    for name, idx in sets.items():
+    jobs = [(name, idx, init) for name, idx in sets.items() for init in inits]
+    for name, idx, init in progress(jobs, len(jobs), "transplants", unit="checkpoint"):
         selector = f"{group}.layers.{','.join(map(str, idx))}"  # the indices, as resolved for the manifest
-        for init in inits:
-            out = os.path.abspath(os.path.join(out_dir, f"{name}.{init}.pt"))
-            chosen = dict(take=[selector]) if init == TRANSFERRED else dict(reinit=[selector], init=init)
-            report = transfer(TransferPlan(source=source, task=task, data=data, out=out, modality_from=base,
-                                           rest="modality", seed=seed, task_overrides=dict(task_overrides or {}),
-                                           overwrite=overwrite, **chosen))
-            files[f"{name}.{init}"] = {"path": out, "layer_set": name, "layers": idx, "init": init,
-                                       "selector": selector, "counts": report.counts}
+        out = os.path.abspath(os.path.join(out_dir, f"{name}.{init}.pt"))
+        chosen = dict(take=[selector]) if init == TRANSFERRED else dict(reinit=[selector], init=init)
+        report = transfer(TransferPlan(source=source, task=task, data=data, out=out, modality_from=base,
+                                       rest="modality", seed=seed, task_overrides=dict(task_overrides or {}),
+                                       overwrite=overwrite, **chosen))
+        files[f"{name}.{init}"] = {"path": out, "layer_set": name, "layers": idx, "init": init,
+                                   "selector": selector, "counts": report.counts}
     manifest = {"format": FORMAT, "task": task, "data": os.path.abspath(data), "group": group,
                 "n_layers": int(n_layers), "layer_sets": sets, "inits": list(inits), "seed": seed,
                 "source": {"path": os.path.abspath(source), "sha256": sha256(source)},

@@ -33,7 +33,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..modalities import of_net_input
-from ..models import heads
+from ..models import heads, modules
 from .classification import ClassificationCriterion, ClassificationCriterionConfig
 
 BODY = ChoiceEnum(["encoder", "encoder_decoder"])
@@ -88,8 +88,6 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.logsumexp(-t * d, dim=0) - math.log(d.numel())
 
 
-_UNSET = object()
-
 
 @contextmanager
 def twice_differentiable(model: torch.nn.Module):
@@ -97,12 +95,9 @@ def twice_differentiable(model: torch.nn.Module):
     values: attention through SDPA's math kernel (the CPU flash and CUDA fused kernels, and this repo's
     recomputing RelativePositionAttention, have no double backward), and no activation checkpointing (a recompute
     in backward would also run outside functional_call, i.e. with the unmodified parameters)."""
-    saved = []
-    for m in model.modules():
-        for attr in ("recompute", "checkpoint_activations"):
-            if (attr == "recompute" and hasattr(type(m), "recompute")) or \
-                    (attr == "checkpoint_activations" and isinstance(getattr(m, attr, None), bool)):
-                saved.append((m, attr, m.__dict__.get(attr, _UNSET)))
+    saved = [(m, attr, getattr(m, attr)) for m in model.modules() for attr in ("recompute", "checkpoint_activations")
+             if (attr == "recompute" and isinstance(m, modules.MultiheadAttention))
+             or (attr == "checkpoint_activations" and isinstance(getattr(m, attr, None), bool))]
     try:
         for m, attr, _ in saved:
             setattr(m, attr, False)
@@ -110,10 +105,7 @@ def twice_differentiable(model: torch.nn.Module):
             yield
     finally:
         for m, attr, old in saved:
-            if old is _UNSET:
-                delattr(m, attr)  # back to the class default
-            else:
-                setattr(m, attr, old)
+            setattr(m, attr, old)
 
 
 class _WithParams:
@@ -178,7 +170,7 @@ class MonaCriterion(ClassificationCriterion):
         """-> (task loss [sum over the batch, graph into everything trainable], sample_size, logging output of
         xmodal_classification, align, unif, number of same-class pairs). align and unif carry the graph through
         theta' into the target prenet, head and (if trainable) body."""
-        if "source_net_input" not in sample:
+        if "other_modality_net_input" not in sample:
             raise ValueError("xmodal_mona needs each training row in the other modality too: set "
                              "task.paired_source_modality=true (docs/methods/mona.md)")
         # groups without gradient now: frozen, or held at this update (embedder warm-up; models/freezing.py)
@@ -202,9 +194,9 @@ class MonaCriterion(ClassificationCriterion):
                                         allow_unused=True)
             alpha = self.cfg.mona_inner_lr
             updated = {n: theta[n] if g is None else theta[n] - alpha * g for n, g in zip(names, grads)}
-            feats = self.source_features(model, sample["source_net_input"], updated)
+            feats = self.source_features(model, sample["other_modality_net_input"], updated)
         z = F.normalize(feats.to(torch.promote_types(feats.dtype, torch.float32)), dim=-1)  # fp16/bf16 -> fp32
-        labels = sample.get("source_target", sample["target"])
+        labels = sample.get("other_modality_target", sample["target"])
         align, n_same = alignment(z, labels)
         unif = uniformity(z, self.cfg.mona_uniformity_t)
         return task_loss, sample_size, log, align, unif, n_same

@@ -38,10 +38,13 @@ class ClassDictionary:
 
     @property
     def num_outputs(self) -> int:
-        """Rows of the classification head."""
+        """Rows of the classification head (= len(symbols): labels plus, when padded, the fairseq specials)."""
         return len(self.symbols)
 
-    def __len__(self):
+    @property
+    def num_labels(self) -> int:
+        """Real labels, the only rows ever scored. There is deliberately no __len__: fairseq's Dictionary.__len__
+        counts symbols, so len() here would be read as num_outputs by some and as num_labels by others."""
         return len(self.labels)
 
     def index(self, label: str, where: str = "") -> int:

@@ -5,13 +5,12 @@ transcript. `PairedDataset` wraps the task's own dataset (the TARGET modality: w
 order and batching are unchanged) and loads row i of the OTHER modality (the SOURCE modality, whose pretrained
 knowledge is to be kept) for every item. A batch gains
 
-    sample["source_net_input"]  the other modality's net_input for the same rows, in the same order
-                                (speech: {"source", "padding_mask"}; text: {"src_tokens", "src_lengths"})
-    sample["source_target"]     their labels (identical to sample["target"]: same rows)
+    sample["other_modality_net_input"]  the other modality's net_input for the same rows, in the same order
+                                        (speech: {"source", "padding_mask"}; text: {"src_tokens", "src_lengths"})
+    sample["other_modality_target"]     their labels (identical to sample["target"]: same rows)
 
-"source" in `source_net_input` means source MODALITY; inside a speech net_input, "source" is the waveform as
-everywhere else. Nothing random happens here: row i is paired with row i, and the other modality is loaded the way
-its own task would load it (full length: the paired side is never cropped): ClassificationTask.pair_with_other_modality
+Nothing random happens here: row i is paired with row i, and the other modality is loaded the way its own task
+would load it (full length: the paired side is never cropped): ClassificationTask.pair_with_other_modality
 (tasks/base.py) builds it.
 """
 import torch
@@ -70,7 +69,7 @@ class PairedDataset(BaseWrapperDataset):
             got = [] if not other else other["id"].tolist()
             raise ValueError(f"split {self.split}: the paired modality collated rows {got} for rows "
                              f"{batch['id'].tolist()} (an empty utterance in one modality?)")
-        batch["source_net_input"] = other["net_input"]
+        batch["other_modality_net_input"] = other["net_input"]
         if "target" in other:
-            batch["source_target"] = other["target"]
+            batch["other_modality_target"] = other["target"]
         return batch

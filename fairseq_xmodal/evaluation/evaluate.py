@@ -14,23 +14,22 @@ import csv
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .. import metrics as M
 from .. import task_state
-from ..checkpoints import atomic_write_json, is_official_checkpoint, is_xmodal_checkpoint, load_state, make_cfg, \
-    write_together
+from ..checkpoints import is_official_checkpoint, is_xmodal_checkpoint, load_state, make_cfg
+from ..files import atomic_write_json, atomic_write_with, write_together
 from ..lineage import describe_init_file, describe_path, init_file, transfer_label
 from ..modalities import TASKS
 from ..models import heads
-from ..progress import progress
 from ..task_state import CARRIED_TASK_FIELDS
-from .. import metrics as M
 from . import stats
+from .batches import BatchingError, each_row_once, row_ids
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +95,14 @@ def load_for_evaluation(checkpoint: str, task_name: str, data: str, task_overrid
                  "train_subset": NO_TRAIN_SPLIT}
     cfg = make_cfg(task_dict, copy.deepcopy(state["cfg"]["model"]),
                    seed=(state["cfg"].get("common") or {}).get("seed", 1))
-    from fairseq import tasks
+    from fairseq import checkpoint_utils, tasks
 
     task = tasks.setup_task(cfg.task)
     task_state.check_dictionaries(state, checkpoint, task, error=EvaluationError)
-    model = task.build_model(cfg.model)
-    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    # fairseq's own loader (build_model, num_updates, strict load_state_dict) over the state read safely above (no
+    # second read of the file) and with OUR cfg: the requested task over the requested data, the checkpoint's model
+    (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([os.path.abspath(checkpoint)], task=task,
+                                                                   strict=True, state={**state, "cfg": cfg})
     model.eval()
     return task, model, state
 
@@ -115,41 +116,28 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
     """Every row of `split` exactly once, in a fixed batch order; argmax over the real labels only.
     shard=(i, n): only batches i, i+n, i+2n, ... of that same order (fairseq's sharded iterator), so that every row
     is computed in the same batch as without sharding and merged shards equal the unsharded output exactly."""
-    from fairseq import utils
-
     if batch_size is None and max_tokens is None:
         raise EvaluationError("give batch_size and/or max_tokens")
     task.load_dataset(split)
     dataset = task.dataset(split)
     n = len(dataset)
     label_rows = task.class_dictionary.label_rows.to(device)
-    n_labels = len(task.class_dictionary)
-    probs = np.zeros((n, n_labels), dtype=np.float64)
-    seen = np.zeros(n, dtype=np.int64)
+    probs = np.zeros((n, task.class_dictionary.num_labels), dtype=np.float64)
     gold = np.full(n, -1, dtype=np.int64)
-    model.to(device)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # fairseq always asks for it; harmless on CPU
-        try:
-            itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=batch_size,
-                                          max_positions=None, ignore_invalid_inputs=False,
-                                          required_batch_size_multiple=1, seed=1, num_workers=0, epoch=1,
-                                          num_shards=shard[1] if shard else 1,
-                                          shard_id=shard[0] if shard else 0).next_epoch_itr(shuffle=False)
-        except ValueError as e:  # the task's long-utterance message names training options
-            raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
-                                  f"unset (then only --batch-size limits a batch)") from None
-        for sample in progress(itr, len(itr), f"evaluate {split}", unit="batch"):  # streamed, not all in memory
-            if not sample:
-                continue
-            sample = utils.move_to_cuda(sample) if device != "cpu" else sample
-            out = model(**sample["net_input"])
-            logits = (out[0] if isinstance(out, (tuple, list)) else out)[:, label_rows].float()
-            idx = sample["id"].cpu().numpy()
-            probs[idx] = torch.softmax(logits, dim=-1).cpu().double().numpy()
-            seen[idx] += 1
-            if "target" in sample:
-                gold[idx] = sample["target"].cpu().numpy()
+
+    def step(sample, idx):
+        out = model(**sample["net_input"])
+        logits = (out[0] if isinstance(out, (tuple, list)) else out)[:, label_rows].float()
+        probs[idx] = torch.softmax(logits, dim=-1).cpu().double().numpy()
+        if "target" in sample:
+            gold[idx] = sample["target"].cpu().numpy()
+
+    try:
+        seen = each_row_once(task, dataset, step, f"evaluate {split}", batch_size, max_tokens, device, shard,
+                             model=model)
+    except BatchingError as e:  # the task's long-utterance message names training options
+        raise EvaluationError(f"{e}\nxmodal-evaluate never drops or crops rows: raise --max-tokens or leave it "
+                              f"unset (then only --batch-size limits a batch)") from None
     mine = np.nonzero(seen == 1)[0]
     if shard is not None and (seen <= 1).all():
         seen[seen == 0] = 1  # rows of the other shards
@@ -157,7 +145,7 @@ def predict(task, model, split: str, batch_size: Optional[int] = 8, max_tokens: 
         missing, twice = np.nonzero(seen == 0)[0], np.nonzero(seen > 1)[0]
         raise EvaluationError(f"split {split}: {len(missing)} rows never predicted (e.g. {missing[:5].tolist()}) and "
                               f"{len(twice)} predicted more than once; an empty audio file or a batching bug")
-    ids = list(dataset.ids) if getattr(dataset, "ids", None) else [str(i) for i in range(n)]
+    ids = row_ids(dataset)
     has_gold = getattr(dataset, "labels", None) is not None
     if shard is not None:
         return Predictions([ids[i] for i in mine], gold[mine].tolist() if has_gold else None,
@@ -186,7 +174,7 @@ def compute_metrics(pred: Predictions, labels: List[str], legacy: bool = False,
         out.update(accuracy=None, macro_precision=None, macro_recall=None, macro_f1=None)
         return out
     cm = M.confusion_matrix(pred.gold, pred.pred, len(labels))
-    slue, legacy_s = M.scores(cm, labels), M.legacy_scores(cm, labels)
+    slue, legacy_s = M.slue_scores(pred.gold, pred.pred, labels), M.legacy_scores(pred.gold, pred.pred, labels)
     head = legacy_s if legacy else slue
     out.update({k: 100.0 * head[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")})
     out["per_class"] = {k: {m: (100.0 * v if m in ("precision", "recall", "f1") else v) for m, v in row.items()}
@@ -242,10 +230,14 @@ def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Pre
                 ci: Tuple[float, int, int]) -> None:
     """ci: (level, resamples, seed) of the bootstrap intervals, so that the merge computes the same ones."""
     gold = np.asarray(pred.gold if pred.gold is not None else [-1] * len(pred.ids), dtype=np.int64)
-    tmp = os.path.join(out_dir, "shard.tmp.npz")
-    np.savez(tmp, rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
-             probs=pred.probs)
-    os.replace(tmp, os.path.join(out_dir, "shard.npz"))
+    arrays = dict(rows=np.asarray(pred.rows, dtype=np.int64), ids=np.asarray(pred.ids, dtype=str), gold=gold,
+                  probs=pred.probs)
+
+    def save(tmp: str):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, **arrays)
+
+    atomic_write_with(save, os.path.join(out_dir, "shard.npz"))
     atomic_write_json({"format": SHARD_FORMAT, "index": shard[0], "count": shard[1], "split_rows": split_rows,
                        "has_gold": pred.gold is not None, "labels": list(labels), "head": head,
                        "evaluation": evaluation, "legacy_metrics": legacy, "majority_threshold": majority_threshold,
@@ -253,11 +245,13 @@ def write_shard(out_dir: str, shard: Tuple[int, int], split_rows: int, pred: Pre
                       os.path.join(out_dir, "shard.json"))
 
 
-def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
+def evaluate_checkpoint(cfg: EvalConfig) -> Dict[str, Any]:
     """Run one evaluation; writes predictions.tsv and metrics.json into cfg.out_dir and returns the metrics."""
     if not 0 < cfg.ci_level < 1 or cfg.bootstrap_resamples < 2:
         raise EvaluationError(f"--ci-level must be in (0, 1) and --bootstrap at least 2 (got {cfg.ci_level}, "
                               f"{cfg.bootstrap_resamples})")
+    if not 0 < cfg.majority_threshold <= 1:
+        raise EvaluationError(f"--majority-threshold must be in (0, 1] (got {cfg.majority_threshold})")
     out_dir = os.path.abspath(cfg.out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not cfg.overwrite:

@@ -31,13 +31,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import metrics as M
 from .. import modalities
-from ..checkpoints import atomic_write_json, is_official_checkpoint, load_state
+from ..checkpoints import is_official_checkpoint, load_state
+from ..files import atomic_write_json
 from ..lineage import describe_path
 from ..models import heads
-from ..progress import progress
 from ..selectors import prefix
-from .. import metrics as M
+from .batches import each_row_once, row_ids
 from .evaluate import EvaluationError, checkpoint_info, load_for_evaluation
 
 logger = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ def pooled_features(model, net_input: Dict[str, Any], features: str) -> Tuple[to
 def extract_features(task, model, split: str, features: str = "encoder_mean", batch_size: Optional[int] = 8,
                      max_tokens: Optional[int] = None, device: str = "cpu") -> Features:
     """Pooled features of every labelled row of `split`, exactly once each, in dataset order."""
-    from fairseq import utils
-
     task.load_dataset(split)
     dataset = task.dataset(split)
     if getattr(dataset, "labels", None) is None:
@@ -176,34 +175,26 @@ def extract_features(task, model, split: str, features: str = "encoder_mean", ba
     n = len(dataset)
     if n == 0:
         raise ProbeError(f"split {split!r} of {task.cfg.data} is empty")
-    itr = task.get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=batch_size, max_positions=None,
-                                  ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=EXTRACTION_SEED,
-                                  num_workers=0, epoch=1).next_epoch_itr(shuffle=False)
-    model.eval()
-    model.to(device)
-    x: Optional[np.ndarray] = None
-    seen = np.zeros(n, dtype=np.int64)
+    out: Dict[str, np.ndarray] = {}  # "x": [N, D], allocated at the first batch (D = the pooled width)
     empty: List[int] = []
-    with torch.inference_mode():
-        for sample in progress(itr, len(itr), f"probe features {split}", unit="batch"):
-            if not sample:
-                continue
-            sample = utils.move_to_cuda(sample) if device != "cpu" else sample
-            pooled, counts = pooled_features(model, sample["net_input"], features)
-            idx = sample["id"].cpu().numpy()
-            if x is None:
-                x = np.zeros((n, pooled.size(1)), dtype=np.float64)
-            x[idx] = pooled.double().cpu().numpy()
-            seen[idx] += 1
-            empty += idx[(counts == 0).cpu().numpy()].tolist()
-    ids = list(dataset.ids) if getattr(dataset, "ids", None) else [str(i) for i in range(n)]
+
+    def step(sample, idx):
+        pooled, counts = pooled_features(model, sample["net_input"], features)
+        if "x" not in out:
+            out["x"] = np.zeros((n, pooled.size(1)), dtype=np.float64)
+        out["x"][idx] = pooled.double().cpu().numpy()
+        empty.extend(idx[(counts == 0).cpu().numpy()].tolist())
+
+    seen = each_row_once(task, dataset, step, f"probe features {split}", batch_size, max_tokens, device,
+                         seed=EXTRACTION_SEED, model=model)
+    ids = row_ids(dataset)
     if empty:
         raise ProbeError(f"split {split!r}: {len(empty)} rows have no encoder frames to pool (too short for the "
                          f"feature extractor?), e.g. {', '.join(ids[i] for i in empty[:5])}")
     if not (seen == 1).all():
         raise ProbeError(f"split {split!r}: {int((seen == 0).sum())} rows never encoded and {int((seen > 1).sum())} "
                          f"encoded more than once (an empty audio file?)")
-    return Features(x, np.asarray(dataset.labels, dtype=np.int64), ids)
+    return Features(out["x"], np.asarray(dataset.labels, dtype=np.int64), ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,7 +243,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, seed
 def score(gold: np.ndarray, pred: np.ndarray, labels: List[str]) -> Dict[str, Any]:
     """SLUE scores (metrics.py), in percent, with per-class recall and the confusion matrix."""
     cm = M.confusion_matrix(gold, pred, len(labels))
-    s = M.scores(cm, labels)
+    s = M.slue_scores(gold, pred, labels)
     per = M.per_class(cm, labels, s)
     return {**{k: 100.0 * s[k] for k in ("macro_f1", "accuracy", "macro_precision", "macro_recall")},
             "per_class_recall": {lab: 100.0 * per[lab]["recall"] for lab in labels},

@@ -9,11 +9,11 @@ indices, ids, gold labels and float64 probabilities). The merge refuses shards o
 repeated shard, and any row missing or scored twice."""
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
-from ..checkpoints import atomic_write_json, write_together
+from ..files import atomic_write_json, write_together
 from .evaluate import SHARD_FORMAT, EvaluationError, Predictions, compute_metrics, write_predictions
 
 def parse_shard(text: str) -> Tuple[int, int]:

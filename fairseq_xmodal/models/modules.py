@@ -159,13 +159,14 @@ class MultiheadAttention(nn.Module):
       it keeps the bias for backward). Elsewhere SDPA would fall back to its math kernel (a mask that requires grad
       rules out the CPU flash kernel), which keeps the [B,H,T,T] probabilities of every layer for backward;
       `RelativePositionAttention` instead keeps only O(T) tensors per layer and recomputes logits in backward.
-      `recompute` forces the choice (True/False); None = automatic as described.
+      `recompute` (per module, set at construction or on the instance; tests and MoNA's double backward force it)
+      picks the path (True/False); None = automatic as described. Not a config field: both paths give the same
+      numbers, only memory and speed differ.
     """
 
-    recompute: Optional[bool] = None
-
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, recompute: Optional[bool] = None):
         super().__init__()
+        self.recompute = recompute
         self.heads, self.head_dim = heads, dim // heads
         self.scaling = self.head_dim ** -0.5
         self.dropout = dropout
@@ -218,14 +219,6 @@ def relative_position_bias(q: torch.Tensor, pos_k: torch.Tensor, rel_index: Opti
         rel_index = relative_position_index(T, T, pos_k.size(0) // 2, q.device)
     qk = torch.matmul(q, pos_k.t().to(q.dtype))  # [B,H,T,K]
     return torch.gather(qk, 3, rel_index.expand(B, H, *rel_index.shape))
-
-
-def relative_position_bias_reference(q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
-    """The official formulation (materialises [T,T,hd]); kept for tests and benchmarks only."""
-    T, M = q.size(2), pos_k.size(0) // 2
-    rel = torch.arange(T, device=q.device)[:, None] - torch.arange(T, device=q.device)[None, :]
-    table = pos_k[rel.clamp(-M, M - 1) + M]  # [T,T,hd]
-    return torch.einsum("bhid,ijd->bhij", q, table.to(q.dtype))
 
 
 def _rel_logits(q, k, pos_k, rel_index, key_padding_mask):

@@ -18,8 +18,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from fairseq.data import Dictionary
 
-from ..checkpoints import atomic_torch_save, build_task_and_model, is_xmodal_checkpoint, load_state, make_cfg, \
-    save_checkpoint
+from ..checkpoints import build_task_and_model, is_xmodal_checkpoint, load_state, make_cfg, save_checkpoint
+from ..files import atomic_torch_save
+from ..text_vocab import EXTRA_SYMBOLS, with_extra_symbols
 from . import heads
 from .speecht5 import SpeechT5Classifier, SpeechT5Config
 
@@ -40,7 +41,6 @@ IGNORED: List[Tuple[str, str]] = [
     (r"^(encoder|decoder)\.version$", "fairseq version marker"),
 ]
 SID_HEAD = "speaker_decoder_postnet.output_projection.weight"
-OFFICIAL_EXTRA_SYMBOLS = ("<mask>", "<ctc_blank>")  # SpeechT5Task appends these, in this order
 
 
 def ignore_reason(key: str) -> Optional[str]:
@@ -134,7 +134,7 @@ def write_official_checkpoint(path: str, cfg: SpeechT5Config, vocab_size: int = 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     sid = sid_labels is not None
-    vocab = 4 + len(sid_labels) + len(OFFICIAL_EXTRA_SYMBOLS) if sid else vocab_size
+    vocab = 4 + len(sid_labels) + len(EXTRA_SYMBOLS) if sid else vocab_size
     model = SpeechT5Classifier(cfg, vocab, 1, vocab if sid else 1)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     if not sid:
@@ -308,9 +308,7 @@ def import_state_dict(official: Dict[str, torch.Tensor], dims: Dict[str, object]
 
 
 def _map_sid_head(weight, sid_dict_path, class_dictionary, where, head_rows) -> torch.Tensor:
-    sid = Dictionary.load(sid_dict_path)
-    for sym in OFFICIAL_EXTRA_SYMBOLS:
-        sid.add_symbol(sym)
+    sid = with_extra_symbols(Dictionary.load(sid_dict_path))
     if weight.size(0) != len(sid):
         raise ValueError(f"{where}: SID head has {weight.size(0)} rows but {sid_dict_path} (+4 specials, <mask>, "
                          f"<ctc_blank>) gives {len(sid)}: wrong dict.txt for this checkpoint")

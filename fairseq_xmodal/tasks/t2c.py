@@ -25,7 +25,7 @@ class T2CConfig(ClassificationTaskConfig):
     paired_source_modality: bool = field(
         default=False,
         metadata={"help": "training splits also load each row's audio (s2c's input), same folder and rows, into "
-                          "sample['source_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
+                          "sample['other_modality_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
     )
 
 

@@ -32,8 +32,8 @@ from .build import transfer, transplanted_selectors
 from .init_strategies import INIT_STRATEGIES, InitContext, key_generator, register_init_strategy
 from .plan import ORIGINS, Assignment, TransferError, TransferPlan, assign
 from .report import FORMAT, TransferReport
-from .sources import LoadedCheckpoint, load_modality, load_xmodal, sha256
+from .sources import LoadedCheckpoint, load_modality, load_xmodal
 
 __all__ = ["FORMAT", "INIT_STRATEGIES", "ORIGINS", "Assignment", "InitContext", "LoadedCheckpoint", "TransferError",
            "TransferPlan", "TransferReport", "assign", "key_generator", "load_modality", "load_xmodal",
-           "register_init_strategy", "sha256", "transfer", "transplanted_selectors"]
+           "register_init_strategy", "transfer", "transplanted_selectors"]

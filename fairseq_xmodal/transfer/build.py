@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import torch
 
-from ..checkpoints import atomic_write_json, build_task_and_model, make_cfg, save_checkpoint
+from ..checkpoints import build_task_and_model, make_cfg, save_checkpoint
+from ..files import atomic_write_json
 from ..modalities import TASKS
 from ..models import heads
 from ..selectors import describe

@@ -1,6 +1,5 @@
 """The checkpoints a transfer reads: the source (a fairseq_xmodal checkpoint) and the optional --modality-from
 checkpoint (fairseq_xmodal, or official SpeechT5 imported on the fly for the target task and data)."""
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -9,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..checkpoints import is_official_checkpoint, is_xmodal_checkpoint, load_state
+from ..files import sha256
 from ..models.official import import_official
 from .plan import TransferError
 
@@ -28,14 +28,6 @@ class LoadedCheckpoint:
         return {"path": self.path, "task": self.task, "data": self.data, "sha256": sha256(self.path),
                 "num_updates": hist[-1].get("num_updates"),
                 **({"official_import": {k: self.imported[k] for k in ("source", "kind")}} if self.imported else {})}
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_xmodal(path: str, role: str) -> LoadedCheckpoint:
