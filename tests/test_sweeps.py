@@ -20,7 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from conftest import BIN, CONFIG_DIR, run_cli
-from fairseq_xmodal import sweeps
+from fairseq_xmodal import fairseq_log, sweeps
 from fairseq_xmodal.cli import slurm_array, sweep_table
 
 FAKEBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakebin")
@@ -32,9 +32,9 @@ SAVE_EVERY = 4
 
 def _valid_lines(job_dir, subset="valid"):
     lines = []
-    for m in sweeps._log_lines(os.path.join(job_dir, "hydra_train.log")):
-        if m.group("logger") == subset:
-            lines.append(sweeps.parse_stats(subset, m.group("msg")))
+    for rec in fairseq_log.log_lines(os.path.join(job_dir, "hydra_train.log")):
+        if rec.logger == subset:
+            lines.append(fairseq_log.parse_stats(subset, rec.msg))
     return lines
 
 
@@ -92,12 +92,12 @@ def test_repair_last_checkpoint(tmp_path):
 def test_parse_stats_json_and_simple():
     simple = ("epoch 002 | valid on 'valid' subset | loss 1.602 | accuracy 0.3333 | macro_f1 0.1667 | num_updates 16 "
               "| best_macro_f1 0.1667")
-    assert sweeps.parse_stats("valid", simple) == {"epoch": 2, "loss": 1.602, "accuracy": 0.3333, "macro_f1": 0.1667,
+    assert fairseq_log.parse_stats("valid", simple) == {"epoch": 2, "loss": 1.602, "accuracy": 0.3333, "macro_f1": 0.1667,
                                                    "num_updates": 16, "best_macro_f1": 0.1667}
     js = '{"epoch": 1, "dev_loss": "1.708", "dev_macro_f1": "0.25", "dev_num_updates": "8"}'
-    assert sweeps.parse_stats("dev", js) == {"epoch": 1, "loss": 1.708, "macro_f1": 0.25, "num_updates": 8}
+    assert fairseq_log.parse_stats("dev", js) == {"epoch": 1, "loss": 1.708, "macro_f1": 0.25, "num_updates": 8}
     inner = "epoch 003:      4 / 8 loss=1.701, macro_f1=0.2343, num_updates=20, lr=0.000666667, wall=3"
-    assert sweeps.parse_stats("train_inner", inner)["num_updates"] == 20
+    assert fairseq_log.parse_stats("train_inner", inner)["num_updates"] == 20
 
 
 def test_callback_refuses_reused_folder_and_skips_finished(tmp_path):
