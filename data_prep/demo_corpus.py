@@ -19,7 +19,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from data_prep.slue_voxceleb import LABELLED_TSVS, SAMPLE_RATE, _publish
+from data_prep.slue_audio import SAMPLE_RATE
+from data_prep.slue_output import publish
+from data_prep.slue_voxceleb import LABELLED_TSVS
 
 ESPEAK_RATE = 22050
 MAX_SPEECH_S, MIN_SPEECH_S = 4.0, 1.0
@@ -225,7 +227,7 @@ def make_demo_corpus(out_dir: str, seed: int = 0, n_fine_tune: int = 240, n_dev:
                 f.write("\t".join(cols) + "\n")
                 for r in rows:
                     f.write("\t".join(str(r[c]) for c in cols) + "\n")
-        _publish(tmp, out_dir, overwrite)
+        publish(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import BIN
-from data_prep.slue_voxceleb import DataPrepError
+from data_prep.slue_rows import DataPrepError
 from refusals import refusal_lines
 from test_data_prep import SMALL, make_rows, run, vocab, write_folder  # noqa: F401  (vocab: fixture)
 

@@ -11,7 +11,8 @@ import os
 import sys
 
 from ..evaluation import stats
-from ..evaluation.report import GROUP_COLUMNS, build_report, markdown_table
+from ..evaluation.conditions import GROUP_COLUMNS
+from ..evaluation.report import build_report, markdown_table
 from ..evaluation.seeds import COMPARISON_COLUMNS
 
 

@@ -209,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = list(args.overrides)
     if not any(sweeps.override_key(o) == "hydra/launcher" for o in overrides):
         overrides.append("hydra/launcher=slurm")
-    # Hydra's own sweeper expands the sweep; the launcher it then instantiates is ours, and collects instead of submitting
+    # Hydra's own sweeper expands the sweep; the launcher it instantiates is ours: it collects instead of submitting
     overrides.append(f"hydra.launcher._target_={LAUNCHER}")
     config_dir = os.path.abspath(args.config_dir)
     collector = _Collector()
