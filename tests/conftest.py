@@ -119,3 +119,41 @@ def dict_folder(root, corpus_dir, labels=None, edit_dict=None):
         with open(path, "w") as f:
             f.writelines(edit_dict(lines))
     return str(root)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fake Slurm of tests/fakebin (sbatch, srun, scontrol), shared by test_sweeps.py and test_distributed_slurm.py
+
+FAKEBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakebin")
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # several jobs share 2 cores
+
+
+def fake_slurm_env(root, signal_job_dir=None, save_every=None, **extra):
+    """Environment for the fake Slurm; with signal_job_dir, array task 0 gets SIGUSR1 (Slurm's time-limit warning)
+    right after that job's first interval checkpoint `checkpoint_<epoch>_<save_every>.pt`."""
+    import glob
+    import json
+
+    env = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(root / "fake_slurm")}
+    if signal_job_dir is not None:
+        env["FAKE_SBATCH_SIGNAL"] = json.dumps({
+            "task": 0, "signal": "USR1", "file": glob.escape(signal_job_dir) + "/hydra_train.log",
+            "pattern": rf"Saved checkpoint checkpoints/checkpoint_\d+_{save_every}\.pt"})
+    return {**env, **extra, **THREADS}
+
+
+def slurm_array_in_process(args, env, cwd):
+    """xmodal-slurm-array in this process (its console script is the same main()), sbatch found on env's PATH:
+    (exit code, what it printed)."""
+    import io
+
+    from fairseq_xmodal.cli import slurm_array
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.chdir(cwd)
+        out = io.StringIO()
+        mp.setattr(sys, "stdout", out)
+        code = slurm_array.main(list(args))
+    return code, out.getvalue()
