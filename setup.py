@@ -15,7 +15,8 @@ setup(
         "console_scripts": [
             "xmodal-make-official-checkpoint=fairseq_xmodal.cli.make_official:main",
             "xmodal-import-official=fairseq_xmodal.cli.import_official:main",
-            "xmodal-prep-slue=data_prep.slue_voxceleb:main",
+            "xmodal-prepare-slue=data_prep.slue_voxceleb:main",
+            "xmodal-prep-slue=data_prep.slue_voxceleb:main",  # deprecated alias of xmodal-prepare-slue
             "xmodal-make-demo-corpus=data_prep.demo_corpus:main",
             "xmodal-transfer=fairseq_xmodal.cli.transfer:main",
             "xmodal-prepare-transplants=fairseq_xmodal.cli.transplant:main",

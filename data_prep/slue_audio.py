@@ -1,4 +1,4 @@
-"""The audio pass of `xmodal-prep-slue`: cut every utterance out of its raw clip, on worker processes that die
+"""The audio pass of `xmodal-prepare-slue`: cut every utterance out of its raw clip, on worker processes that die
 with the parent (process_control), with progress lines that show in Slurm logs."""
 import datetime
 import multiprocessing

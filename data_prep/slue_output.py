@@ -1,4 +1,4 @@
-"""Writing the data folder of `xmodal-prep-slue`: every split's files from the same rows, the copied vocabulary, the
+"""Writing the data folder of `xmodal-prepare-slue`: every split's files from the same rows, the copied vocabulary, the
 rejected rows; all into `<out>.tmp-<pid>`, renamed into place at the end (an existing output is replaced only with
 --overwrite, and survives a crash)."""
 import hashlib

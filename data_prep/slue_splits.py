@@ -1,4 +1,4 @@
-"""The splits `xmodal-prep-slue` derives from the training split, all seeded: a stratified `valid` carved out of
+"""The splits `xmodal-prepare-slue` derives from the training split, all seeded: a stratified `valid` carved out of
 fine-tune, class-balanced copies, and nested few-shot subsets. Pure: a table in, a table out; rows keep their input
 order.
 

@@ -1,4 +1,4 @@
-"""`xmodal-prep-slue`: turn a released SLUE-VoxCeleb folder into the data folder of docs/data_format.md.
+"""`xmodal-prepare-slue`: turn a released SLUE-VoxCeleb folder into the data folder of docs/data_format.md.
 
 Steps: read the tsvs (columns by name) -> drop/keep labels -> row checks -> one parallel audio pass that cuts every
 utterance out of its raw clip -> optionally carve `valid` out of fine-tune -> balanced and few-shot copies of the
@@ -16,6 +16,8 @@ from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+
+from fairseq_xmodal import console
 
 from .process_control import Interrupted, available_cpus, stale_temp_folders, stop_on_signals
 from .slue_audio import SAMPLE_RATE, audio_pass
@@ -156,7 +158,7 @@ def prepare(slue_dir: str, out: str, spm_model: str, dict_txt: str, *, segmented
             inputs = {p: {"path": os.path.abspath(p), "sha256": sha256(p)}
                       for p in list(sources.values()) + [spm_model, dict_txt]}
             report = {
-                "tool": "xmodal-prep-slue",
+                "tool": "xmodal-prepare-slue",
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "seed": seed,
                 "options": options,
@@ -201,7 +203,7 @@ def _comma_list(values: Optional[List[str]]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xmodal-prep-slue", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="xmodal-prepare-slue", description=__doc__.split("\n")[0])
     p.add_argument("--slue-dir", required=True, help="unpacked slue-voxceleb/ folder (tsvs and *_raw/ audio)")
     p.add_argument("--out", required=True, help="data folder to write (docs/data_format.md)")
     p.add_argument("--spm", required=True, help="SpeechT5 spm_char.model (copied into the output)")
@@ -222,11 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the audio pass (default: the CPUs this process may use, os.sched_getaffinity)")
+    console.add_verbose(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    console.configure(args.verbose)
     try:
         balance_methods = [m for m in _comma_list(args.balance) if m != "none"]
         try:
@@ -239,15 +243,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                     few_shot_ks=ks, keep_labels=_comma_list(args.keep_label), drop_labels=_comma_list(args.drop_label),
                     skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers)
     except DataPrepError as e:
-        print(f"xmodal-prep-slue: error: {e}", file=sys.stderr)
+        print(f"xmodal-prepare-slue: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full or read-only output location
         from fairseq_xmodal.cli.errors import describe_os_error
 
-        print(f"xmodal-prep-slue: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"xmodal-prepare-slue: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"xmodal-prep-slue: interrupted by {e}: stopped the audio workers and removed the temp folder; "
+        print(f"xmodal-prepare-slue: interrupted by {e}: stopped the audio workers and removed the temp folder; "
               f"{args.out} was not changed", file=sys.stderr)
         return 128 + e.signum
     return 0

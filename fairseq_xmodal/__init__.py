@@ -10,7 +10,11 @@ import os
 
 from omegaconf import OmegaConf
 
-from . import fairseq_patches
+from . import console
+
+console.before_fairseq_import()  # before fairseq's import-time notices (console.py)
+
+from . import fairseq_patches  # noqa: E402
 from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401

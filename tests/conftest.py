@@ -61,7 +61,7 @@ def corpus_dir(tmp_path_factory):
 def official_tiny(tmp_path_factory):
     """A tiny random SpeechT5 pretrain checkpoint in the exact official format, with its spm_char.model/dict.txt."""
     out = str(tmp_path_factory.mktemp("official"))
-    run_cli(["xmodal-make-official-checkpoint", "--out-dir", out, "--size", "tiny"])
+    run_cli(["xmodal-make-official-checkpoint", "--out", out, "--size", "tiny"])
     return os.path.join(out, "speecht5_base.pt")
 
 

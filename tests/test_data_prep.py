@@ -1,4 +1,4 @@
-"""xmodal-prep-slue on SLUE-format folders built on the fly (real tsv and FLAC files, nothing mocked)."""
+"""xmodal-prepare-slue on SLUE-format folders built on the fly (real tsv and FLAC files, nothing mocked)."""
 import hashlib
 import json
 import os
@@ -410,6 +410,6 @@ def test_cli_prints_error_without_traceback_and_exits_2(small, vocab, capsys):
     assert "fine-tune.k2" in capsys.readouterr().out
     assert sv.main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("xmodal-prep-slue: error: ") and "already exists" in err and "Traceback" not in err
+    assert err.startswith("xmodal-prepare-slue: error: ") and "already exists" in err and "Traceback" not in err
     assert sv.main(args[:-2] + ["--overwrite", "--few-shot", "99"]) == 2
     assert "few-shot k=99" in capsys.readouterr().err

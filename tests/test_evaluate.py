@@ -128,7 +128,7 @@ def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
 
     out = str(tmp_path / "s2c_on_text")
     proc = run_cli(["xmodal-evaluate", "--checkpoint", s2c_ckpt, "--task", "t2c", "--data", corpus_dir,
-                    "--split", "valid", "--out-dir", out, "--legacy-metrics", "--batch-size", "5"])
+                    "--split", "valid", "--out", out, "--legacy-metrics", "--batch-size", "5"])
     assert "s2c checkpoint on t2c valid (24 rows, legacy metrics): ACC" in proc.stdout
     with open(os.path.join(out, "metrics.json")) as f:
         m2 = json.load(f)

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .. import console
 from ..checkpoints import atomic_write_json
 from ..models.heads import CLASSIFIERS
 from ..models.hf import import_hf_folder, is_hf_folder
@@ -21,7 +22,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-import-official", description=__doc__)
     p.add_argument("--checkpoint", required=True,
                    help="official speecht5_base.pt, a SID fine-tuned checkpoint, or an HF SpeechT5 folder")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"])
+    p.add_argument("--task", required=True, choices=["s2c", "t2c"], help="task of the result: s2c (speech) or t2c (text)")
     p.add_argument("--data", required=True, help="data folder (dict.txt, labels.sent.txt; docs/data_format.md)")
     p.add_argument("--out", required=True, help="output checkpoint path (never the input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .import.json)")
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--classifier", default="decoder_query", choices=CLASSIFIERS,
                    help="model.classifier of the result (docs/methods/classifier_heads.md); the encoder heads leave "
                         "the official decoder out (reported as ignored) and start with a new class head")
+    console.add_verbose(p)
     args = p.parse_args(argv)
     overrides = {"classifier": args.classifier} if args.classifier != "decoder_query" else None
     sidecar = args.out + ".import.json"

@@ -31,7 +31,9 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from fairseq_xmodal import sweeps
+from fairseq_xmodal import console, sweeps
+
+from .errors import console_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = os.path.join(REPO, "slurm", "array_job.sh")
@@ -177,6 +179,7 @@ def render_script(template: str, directives: List[str], settings: Dict[str, str]
     return "\n".join(out) + "\n"
 
 
+@console_main("xmodal-slurm-array")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="xmodal-slurm-array", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,6 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train", default=None,
                         help="fairseq-hydra-train to run in the jobs (default: the one next to this Python)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides and sweeps, as for fairseq-hydra-train -m")
+    console.add_verbose(parser)
     args = parser.parse_args(argv)
 
     from fairseq_cli import hydra_train

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from fairseq_xmodal import sweeps
+from fairseq_xmodal import console, sweeps
 from fairseq_xmodal.evaluation import seeds, tables
 from fairseq_xmodal.checkpoints import atomic_write_text
 from .errors import console_main, refuse_existing
@@ -166,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="column to sort by, e.g. macro_f1 (= best_macro_f1), accuracy, loss, wall_s "
                              "(default: best_<checkpoint.best_checkpoint_metric>)")
     order = parser.add_mutually_exclusive_group()
-    order.add_argument("--ascending", dest="ascending", action="store_true", default=None)
+    order.add_argument("--ascending", dest="ascending", action="store_true", default=None,
+                       help="smallest first")
     order.add_argument("--descending", dest="ascending", action="store_false",
                        help="default: descending, ascending for losses")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what goes to stdout")
@@ -181,6 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --markdown/--csv/--groups-csv files")
+    console.add_verbose(parser)
     args = parser.parse_args(argv)
     for option, path in (("--markdown", args.markdown), ("--csv", args.csv), ("--groups-csv", args.groups_csv)):
         if path:
