@@ -10,6 +10,7 @@ import pandas as pd
 
 from .slue_rows import LABEL_COL, TEXT_COL, DataPrepError, Rejects, label_counts
 
+
 def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

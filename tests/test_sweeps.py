@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from conftest import BIN, CONFIG_DIR, THREADS, fake_slurm_env, run_cli, slurm_array_in_process
 from fairseq_xmodal import fairseq_log, sweeps
 from fairseq_xmodal.cli import slurm_array, sweep_table
+from fairseq_xmodal.sweeps.callback import SweepJobCallback
 
 LOCAL_MAX_UPDATE = 12
 SLURM_MAX_UPDATE = 24
@@ -108,7 +109,7 @@ def test_callback_refuses_reused_folder_and_skips_finished(tmp_path):
                                  "checkpoint": {"save_dir": "checkpoints"}})
 
     first = cfg(["task.data=/data/a", "optimization.lr=[1e-3]"])
-    cb = sweeps.SweepJobCallback()
+    cb = SweepJobCallback()
     cb.on_job_start(config=first)
     assert distributed_utils.call_main is real
     cb.on_job_end(config=first, job_return=JobReturn(status=JobStatus.COMPLETED, _return_value=None))
@@ -164,7 +165,7 @@ def test_sweep_configs_axes():
     params, cfg = _sweep_params("sweep_init")
     assert params == {} and OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${xmodal_job_name:}"
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == ["task.data"]
-    assert cfg.hydra.callbacks.xmodal_sweep._target_ == "fairseq_xmodal.sweeps.SweepJobCallback"
+    assert cfg.hydra.callbacks.xmodal_sweep._target_ == "fairseq_xmodal.sweeps.callback.SweepJobCallback"
     slurm = _sweep_params("sweep_init", "hydra/launcher=slurm")[1].hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.max_num_timeout > 0 and slurm.array_parallelism > 0
 

@@ -22,7 +22,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-import-official", description=__doc__)
     p.add_argument("--checkpoint", required=True,
                    help="official speecht5_base.pt, a SID fine-tuned checkpoint, or an HF SpeechT5 folder")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"], help="task of the result: s2c (speech) or t2c (text)")
+    p.add_argument("--task", required=True, choices=["s2c", "t2c"],
+                   help="task of the result: s2c (speech) or t2c (text)")
     p.add_argument("--data", required=True, help="data folder (dict.txt, labels.sent.txt; docs/data_format.md)")
     p.add_argument("--out", required=True, help="output checkpoint path (never the input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .import.json)")

@@ -18,13 +18,12 @@ Every job of a sweep lives in `<hydra.sweep.dir>/<job name>`. The job name is bu
   hydra_train.log      fairseq's log (Hydra), appended over attempts; xmodal-sweep-table parses it
   train.log            stdout+stderr of fairseq-hydra-train when run by the Slurm array script
 """
-from .callback import SweepJobCallback
 from .jobs import (DONE_FILE, MAX_NAME_BYTES, STATUS_FILE, SweepError, append_event, conflict_message, job_name,
                    override_key, read_events, read_table, recorded_overrides, slurm_ids, write_table)
 from .resume import checkpoint_is_complete, newest_complete_checkpoint, repair_last_checkpoint
 from .results import last_error_line, read_job, sweep_jobs
 
-__all__ = ["DONE_FILE", "MAX_NAME_BYTES", "STATUS_FILE", "SweepError", "SweepJobCallback", "append_event",
+__all__ = ["DONE_FILE", "MAX_NAME_BYTES", "STATUS_FILE", "SweepError", "append_event",
            "checkpoint_is_complete", "conflict_message", "job_name", "last_error_line", "newest_complete_checkpoint",
            "override_key", "read_events", "read_job", "read_table", "recorded_overrides", "repair_last_checkpoint",
            "slurm_ids", "sweep_jobs", "write_table"]
