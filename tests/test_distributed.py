@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import BIN, CONFIG_DIR, hydra_train, run_cli, shared_run
-from fairseq_xmodal import fairseq_patches, sweeps
+from fairseq_xmodal import fairseq_log, fairseq_patches, sweeps
 
 TOLERANCE = 1e-6  # max |parameter difference| allowed between 2 ranks and 1 process x update_freq 2 (measured: 0.0)
 BATCH = 4
