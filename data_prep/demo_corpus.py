@@ -3,7 +3,7 @@
 Sentences come from templates whose sentiment is carried by the words; several espeak-ng voices, rates and pitches
 speak them. Each utterance sits inside a longer clip (0.2-0.8 s of low noise before and after) and
 start_second/end_second point at the speech, as in the release. The label skew follows SLUE (mostly Neutral, few
-Negative) and includes `<mixed>` and `Disagreement` rows, so every filtering path of xmodal-prep-slue is exercised.
+Negative) and includes `<mixed>` and `Disagreement` rows, so every filtering path of xmodal-prepare-slue is exercised.
 --prosody S > 0 also speaks Positive rows higher and faster and Negative rows lower and slower, as emotional speech
 differs (docs/data_prep.md). Same seed => identical tsvs and identical audio bytes.
 """
@@ -19,7 +19,10 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from data_prep.slue_voxceleb import LABELLED_TSVS, SAMPLE_RATE, _publish
+from data_prep.slue_audio import SAMPLE_RATE
+from data_prep.slue_output import publish
+from data_prep.slue_voxceleb import LABELLED_TSVS
+from fairseq_xmodal import console
 
 ESPEAK_RATE = 22050
 MAX_SPEECH_S, MIN_SPEECH_S = 4.0, 1.0
@@ -225,7 +228,7 @@ def make_demo_corpus(out_dir: str, seed: int = 0, n_fine_tune: int = 240, n_dev:
                 f.write("\t".join(cols) + "\n")
                 for r in rows:
                     f.write("\t".join(str(r[c]) for c in cols) + "\n")
-        _publish(tmp, out_dir, overwrite)
+        publish(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -244,7 +247,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--prosody", type=float, default=0.0,
                    help="strength of sentiment prosody (1 = Positive +10 pitch/+25 wpm, Negative -10/-25; default 0)")
+    console.add_verbose(p)
     args = p.parse_args(argv)
+    console.configure(args.verbose)
     try:
         counts = make_demo_corpus(args.out, args.seed, args.n_fine_tune, args.n_dev, args.n_test, args.workers,
                                   args.overwrite, args.prosody)

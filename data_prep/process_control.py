@@ -3,7 +3,7 @@ and temp folders left by a run that could not clean up (SIGKILL, power loss).
 
 - `available_cpus`: the CPUs this process may run on (a Slurm allocation or taskset), not the machine's count.
 - `worker_init`: pool initializer; asks the kernel to SIGKILL the worker when its parent dies (prctl
-  PR_SET_PDEATHSIG, Linux), so even a SIGKILL'd `xmodal-prep-slue` leaves no workers behind, and makes workers
+  PR_SET_PDEATHSIG, Linux), so even a SIGKILL'd `xmodal-prepare-slue` leaves no workers behind, and makes workers
   ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides).
 - `stop_on_signals`: turns SIGTERM/SIGINT in the parent into `Interrupted`, so the `finally`/`except` blocks run
   (pool terminated, temp folder removed) and the command exits non-zero with one line.

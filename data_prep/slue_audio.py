@@ -1,9 +1,13 @@
-"""The audio pass of `xmodal-prep-slue`: cut every utterance out of its raw clip, on worker processes that die
+"""The audio pass of `xmodal-prepare-slue`: cut every utterance out of its raw clip, on worker processes that die
 with the parent (process_control), with progress lines that show in Slurm logs."""
+import datetime
 import multiprocessing
 import os
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+import pandas as pd
 import soundfile as sf
 
 from .process_control import worker_init
@@ -64,3 +68,48 @@ def _run_audio_jobs(jobs: List[tuple], workers: int) -> List[tuple]:
     finally:
         pool.terminate()
         pool.join()
+
+
+@dataclass
+class AudioPass:
+    tables: Dict[str, pd.DataFrame]  # each split's rows with audio, with their n_samples
+    roots: Dict[str, str]  # split -> audio root written into its .tsv
+    utterances: int
+    seconds: float
+
+
+def audio_pass(tables: Dict[str, pd.DataFrame], sources: Dict[str, str], tmp: str, slue_dir: str,
+               segmented_dir: Optional[str], workers: int, rejects, step) -> AudioPass:
+    """One audio pass over every utterance of every split, in one pool (every core busy throughout): cut into
+    `<tmp>/audio/<split>/<id>.flac`, or only measured with --segmented-dir. It runs even with bad rows (they are left
+    out), so one run reports every bad row; then `rejects` raises unless --skip-bad."""
+    jobs, owners = [], []
+    for split, df in tables.items():
+        if segmented_dir:
+            srcs = [os.path.join(segmented_dir, split, f"{u}.flac") for u in df["id"]]
+            dsts = [None] * len(df)
+        else:
+            os.makedirs(os.path.join(tmp, "audio", split))
+            srcs = [os.path.join(slue_dir, f"{split}_raw", f"{u}.flac") for u in df["id"]]
+            dsts = [os.path.join(tmp, "audio", split, f"{u}.flac") for u in df["id"]]
+        jobs += list(zip(srcs, dsts, df["start"], df["end"]))
+        owners += [(split, i) for i in range(len(df))]
+    t0 = datetime.datetime.now()
+    results = _run_audio_jobs(jobs, workers)
+    seconds = (datetime.datetime.now() - t0).total_seconds()
+    sizes = {s: np.zeros(len(df), dtype=np.int64) for s, df in tables.items()}
+    for (split, i), (n, reason, fix) in zip(owners, results):
+        if reason is None:
+            sizes[split][i] = n
+            continue
+        row = tables[split].iloc[i]
+        rejects.add(split, sources[split], int(row["line"]), row["id"], reason, fix)
+    rejects.raise_if_any()
+    kept, roots = {}, {}
+    for split in list(tables):
+        df = tables[split].assign(n_samples=sizes[split])
+        kept[split] = df[df["n_samples"] > 0].reset_index(drop=True)
+        step(split, "checked", kept[split])
+        roots[split] = (os.path.abspath(os.path.join(segmented_dir, split)) if segmented_dir
+                        else f"audio/{split}")  # relative: the folder can be moved as a whole
+    return AudioPass(kept, roots, len(jobs), seconds)

@@ -1,4 +1,4 @@
-"""SLUE-VoxCeleb tables for `xmodal-prep-slue`: reading the tsvs, label filtering, row checks, the text vocabulary
+"""SLUE-VoxCeleb tables for `xmodal-prepare-slue`: reading the tsvs, label filtering, row checks, the text vocabulary
 inputs, and the bad-row bookkeeping (`Rejects`). Every error names the file, the 1-based line and a fix."""
 import os
 from collections import Counter

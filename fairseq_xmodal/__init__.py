@@ -8,8 +8,12 @@ check on every rank), and registers the OmegaConf resolvers `${xmodal_user_dir:}
 """
 from omegaconf import OmegaConf
 
-from . import fairseq_patches
-from .checkpoints import USER_DIR
+from . import console
+
+console.before_fairseq_import()  # before fairseq's import-time notices (console.py)
+
+from . import fairseq_patches  # noqa: E402
+from .checkpoints import USER_DIR  # noqa: E402
 from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401

@@ -34,6 +34,11 @@
    xmodal-transfer and xmodal-evaluate). With several ranks the check runs on each rank, on the state rank 0 broadcast; a mismatch stops
    every rank with status 2 and one line, instead of training a head whose rows mean other labels.
 
+5. A job that must not train (sweeps/callback.py: a sweep job finished before, or a folder reused with other
+   overrides): Hydra's callbacks run before and after the task function but cannot replace it, and fairseq has no hook
+   before training, so the callback hands call_main (patched here anyway, 2.) what to run instead
+   (`stand_in_for_training`).
+
 `PATCHED` records the signature of every fairseq function these patches call or replace (the three torch.load
 callers above included). tests/test_distributed.py fails when an installed fairseq's inspect.signature differs;
 tests/test_fairseq_patches.py fails when install() replaces a function PATCHED does not record or fairseq gains a
@@ -220,9 +225,21 @@ def distributed_main(i, main, cfg, kwargs):
         dist_utils.distributed_main(i, main, cfg, kwargs)
 
 
+_stand_in = None  # set by stand_in_for_training: what runs instead of training the current job (5.)
+
+
+def stand_in_for_training(fn) -> None:
+    """For the job about to run in this process, `fn(cfg, main, **kwargs)` runs instead of training; None: train."""
+    global _stand_in
+    _stand_in = fn
+
+
 def call_main(cfg, main, **kwargs):
     """fairseq.distributed.utils.call_main with a CPU/gloo route (module docstring) and no silent no-op."""
     from omegaconf import open_dict
+
+    if _stand_in is not None:
+        return _stand_in(cfg, main, **kwargs)
 
     d = cfg.distributed_training
     if cfg.common.tpu or not wants_distributed(d):

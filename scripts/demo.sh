@@ -16,7 +16,7 @@ step() { printf '\n=== %s\n' "$*"; }
 START=$(date +%s)
 
 step "1. A tiny SpeechT5 checkpoint in the official format (stands in for speecht5_base.pt) + its vocabulary"
-xmodal-make-official-checkpoint --out-dir "$OUT/pretrained" --size tiny --seed "$SEED" --overwrite
+xmodal-make-official-checkpoint --out "$OUT/pretrained" --size tiny --seed "$SEED" --overwrite
 
 step "2. A SLUE-VoxCeleb-format corpus spoken by espeak-ng (dev: 320 utterances, Neutral-heavy; sentiment in the words
         and, as in emotional speech, in pitch and rate: --prosody 2)"
@@ -24,7 +24,7 @@ xmodal-make-demo-corpus --out "$OUT/slue-voxceleb" --seed "$SEED" --n-fine-tune 
   --prosody 2
 
 step "3. Data preparation for both modalities (valid carved from fine-tune; dev kept for reporting)"
-xmodal-prep-slue --slue-dir "$OUT/slue-voxceleb" --out "$OUT/data" --spm "$OUT/pretrained/spm_char.model" \
+xmodal-prepare-slue --slue-dir "$OUT/slue-voxceleb" --out "$OUT/data" --spm "$OUT/pretrained/spm_char.model" \
   --dict "$OUT/pretrained/dict.txt" --valid-from-fine-tune 0.2 --balance dup_equal --few-shot 4,8 \
   --seed "$SEED" --overwrite
 
@@ -44,7 +44,7 @@ train() {  # train <seed> <task> <run name> <init checkpoint> <train split> [ove
     sed "s/^.*| valid on 'valid' subset/seed $seed $name: last valid/"
 }
 evaluate() {  # evaluate <seed> <checkpoint> <task> <name>: always on the untouched dev split
-  xmodal-evaluate --checkpoint "$2" --task "$3" --data "$OUT/data" --split dev --out-dir "$OUT/evals/seed$1/$4" \
+  xmodal-evaluate --checkpoint "$2" --task "$3" --data "$OUT/data" --split dev --out "$OUT/evals/seed$1/$4" \
     --overwrite 2>"$OUT/logs/seed$1/eval_$4.log" | grep -v "^wrote" | sed "s/^/seed $1 $4: /"
 }
 one_seed() {  # the experiment for one training seed

@@ -62,7 +62,7 @@ def corpus_dir(tmp_path_factory):
 def official_tiny(tmp_path_factory):
     """A tiny random SpeechT5 pretrain checkpoint in the exact official format, with its spm_char.model/dict.txt."""
     out = str(tmp_path_factory.mktemp("official"))
-    run_cli(["xmodal-make-official-checkpoint", "--out-dir", out, "--size", "tiny"])
+    run_cli(["xmodal-make-official-checkpoint", "--out", out, "--size", "tiny"])
     return os.path.join(out, "speecht5_base.pt")
 
 
@@ -130,7 +130,7 @@ def dict_folder(root, corpus_dir, labels=None, edit_dict=None):
 # a new test needs no bookkeeping.
 _PROCESS_FIXTURES = {"official_tiny", "imported_init"}
 _PROCESS_CALLS = re.compile(r"\b(run_cli|hydra_train|shared_run|shared_transfer|t2c_from_s2c|subprocess\.|Popen|"
-                            r"slurm_array\.main|_generate|cli_main)\b")
+                            r"slurm_array\.main|slurm_array_in_process|_generate|cli_main)\b")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -150,3 +150,41 @@ def pytest_collection_modifyitems(config, items):
                 pass
         if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or _PROCESS_CALLS.search("\n".join(sources)):
             item.add_marker(pytest.mark.integration)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fake Slurm of tests/fakebin (sbatch, srun, scontrol), shared by test_sweeps.py and test_distributed_slurm.py
+
+FAKEBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakebin")
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # several jobs share 2 cores
+
+
+def fake_slurm_env(root, signal_job_dir=None, save_every=None, **extra):
+    """Environment for the fake Slurm; with signal_job_dir, array task 0 gets SIGUSR1 (Slurm's time-limit warning)
+    right after that job's first interval checkpoint `checkpoint_<epoch>_<save_every>.pt`."""
+    import glob
+    import json
+
+    env = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(root / "fake_slurm")}
+    if signal_job_dir is not None:
+        env["FAKE_SBATCH_SIGNAL"] = json.dumps({
+            "task": 0, "signal": "USR1", "file": glob.escape(signal_job_dir) + "/hydra_train.log",
+            "pattern": rf"Saved checkpoint checkpoints/checkpoint_\d+_{save_every}\.pt"})
+    return {**env, **extra, **THREADS}
+
+
+def slurm_array_in_process(args, env, cwd):
+    """xmodal-slurm-array in this process (its console script is the same main()), sbatch found on env's PATH:
+    (exit code, what it printed)."""
+    import io
+
+    from fairseq_xmodal.cli import slurm_array
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.chdir(cwd)
+        out = io.StringIO()
+        mp.setattr(sys, "stdout", out)
+        code = slurm_array.main(list(args))
+    return code, out.getvalue()

@@ -224,7 +224,7 @@ def test_each_head_trains_to_macro_f1_0_9(kind, task, tmp_path_factory, corpus_d
     assert heads.classifier_of(load_state(ck)["cfg"]["model"]) == kind
     out = tmp_path / "eval"
     proc = run_cli(["xmodal-evaluate", "--checkpoint", ck, "--task", task, "--data", corpus_dir, "--split", "test",
-                    "--out-dir", str(out)])
+                    "--out", str(out)])
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["macro_f1"] >= 90.0, metrics
     assert metrics["classifier"]["classifier"] == kind

@@ -154,7 +154,7 @@ def test_checkpoint_with_old_model_name_evaluates_identically(imported_init, cor
     for ckpt, name in ((new, "new"), (old, "old")):
         out = tmp_path / name
         run_cli(["xmodal-evaluate", "--checkpoint", ckpt, "--task", "t2c", "--data", corpus_dir, "--split", "valid",
-                 "--out-dir", str(out)])
+                 "--out", str(out)])
         metrics = json.loads((out / "metrics.json").read_text())
         metrics = {k: v for k, v in metrics.items() if "checkpoint" not in k}
         outputs.append(((out / "predictions.tsv").read_text(), metrics))

@@ -1,4 +1,4 @@
-"""xmodal-prep-slue on SLUE-format folders built on the fly (real tsv and FLAC files, nothing mocked)."""
+"""xmodal-prepare-slue on SLUE-format folders built on the fly (real tsv and FLAC files, nothing mocked)."""
 import hashlib
 import json
 import os
@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from data_prep import slue_output
 from data_prep import slue_voxceleb as sv
-from data_prep.slue_voxceleb import DataPrepError, balance, carve_valid, few_shot, filter_labels, prepare
+from data_prep.slue_rows import DataPrepError, filter_labels
+from data_prep.slue_splits import balance, carve_valid, few_shot
+from data_prep.slue_voxceleb import prepare
 
 SR = 16000
 COLUMNS = ["id", "normalized_text", "speaker_id", "split", "sentiment", "start_second", "end_second"]
@@ -277,7 +280,7 @@ def test_existing_output_refused_then_overwritten(small, vocab):
 
 def test_crash_leaves_no_output(small, vocab, monkeypatch):
     tmp_path, _ = small
-    real_write = sv._write_split
+    real_write = slue_output.write_split
     calls = []
 
     def crash_on_second_split(*args):
@@ -286,15 +289,15 @@ def test_crash_leaves_no_output(small, vocab, monkeypatch):
             raise OSError("disk full (simulated)")
         return real_write(*args)
 
-    monkeypatch.setattr(sv, "_write_split", crash_on_second_split)
+    monkeypatch.setattr(slue_output, "write_split", crash_on_second_split)
     with pytest.raises(OSError, match="simulated"):
         run(tmp_path, vocab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slue"]  # neither data/ nor data.tmp-<pid>/
     # With --overwrite, a crash keeps the old output as it was.
-    monkeypatch.setattr(sv, "_write_split", real_write)
+    monkeypatch.setattr(slue_output, "write_split", real_write)
     run(tmp_path, vocab)
     before = sorted(os.listdir(tmp_path / "data"))
-    monkeypatch.setattr(sv, "_write_split", crash_on_second_split)
+    monkeypatch.setattr(slue_output, "write_split", crash_on_second_split)
     calls.clear()
     with pytest.raises(OSError):
         run(tmp_path, vocab, overwrite=True)
@@ -407,6 +410,6 @@ def test_cli_prints_error_without_traceback_and_exits_2(small, vocab, capsys):
     assert "fine-tune.k2" in capsys.readouterr().out
     assert sv.main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("xmodal-prep-slue: error: ") and "already exists" in err and "Traceback" not in err
+    assert err.startswith("xmodal-prepare-slue: error: ") and "already exists" in err and "Traceback" not in err
     assert sv.main(args[:-2] + ["--overwrite", "--few-shot", "99"]) == 2
     assert "few-shot k=99" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""xmodal-make-demo-corpus: real espeak-ng speech in the SLUE-VoxCeleb layout, usable by xmodal-prep-slue."""
+"""xmodal-make-demo-corpus: real espeak-ng speech in the SLUE-VoxCeleb layout, usable by xmodal-prepare-slue."""
 import os
 import shutil
 from collections import Counter

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import BIN, CONFIG_DIR, hydra_train, run_cli, shared_run
-from fairseq_xmodal import fairseq_patches, sweeps
+from fairseq_xmodal import fairseq_log, fairseq_patches, sweeps
 
 TOLERANCE = 1e-6  # max |parameter difference| allowed between 2 ranks and 1 process x update_freq 2 (measured: 0.0)
 BATCH = 4
@@ -78,12 +78,12 @@ def assert_same_logs(run_a, run_b):
 def logged(run_dir, loggers=("train_inner", "valid")):
     """Every progress line of these loggers, without timing: [(logger, {stat: value})]."""
     out = []
-    for m in sweeps._log_lines(os.path.join(run_dir, "hydra_train.log")):
-        if m.group("logger") in loggers:
-            stats = sweeps.parse_stats(m.group("logger"), m.group("msg"))
+    for rec in fairseq_log.log_lines(os.path.join(run_dir, "hydra_train.log")):
+        if rec.logger in loggers:
+            stats = fairseq_log.parse_stats(rec.logger, rec.msg)
             # valid wpb/bsz are means per validation step, and 2 ranks take 2 valid batches per step: not sums
-            skip = TIMING | ({"wpb", "bsz"} if m.group("logger") == "valid" else set())
-            out.append((m.group("logger"), {k: v for k, v in stats.items() if k not in skip}))
+            skip = TIMING | ({"wpb", "bsz"} if rec.logger == "valid" else set())
+            out.append((rec.logger, {k: v for k, v in stats.items() if k not in skip}))
     return out
 
 

@@ -4,22 +4,17 @@ the first node at distributed_port, trains with gloo, and must end with the para
 reference (1 process x batch 4 x update_freq 2, test_distributed.py). Both Slurm paths: the plain sbatch array
 (xmodal-slurm-array) with a requeue after a kill, and submitit (hydra/launcher=slurm)."""
 import glob
-import io
-import json
 import os
 import re
-import sys
 
 import pytest
 
-from conftest import CONFIG_DIR, run_cli
+from conftest import CONFIG_DIR, fake_slurm_env, run_cli, slurm_array_in_process
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.cli import slurm_array
 from test_distributed import (SAVE_EVERY, T2C_UPDATES, TOLERANCE, assert_same_logs, free_port, max_param_diff,
                               t2c_recipe, t2c_reference)
 
-FAKEBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakebin")
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TWO_NODES = ("hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1")
 
 
@@ -43,20 +38,10 @@ def test_two_node_array_job_matches_reference_and_requeues_on_both_ranks(corpus_
     job = ["sweep/base=t2c_demo", *t2c_recipe(corpus_dir, imported_init),
            f"distributed_training.distributed_port={free_port()}"]
     job_dir = os.path.join(sweep_dir, sweeps.job_name(job))
-    fake = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(root / "fake_slurm"),
-            "FAKE_SBATCH_SIGNAL": json.dumps({
-                "task": 0, "signal": "USR1", "file": glob.escape(job_dir) + "/hydra_train.log",
-                "pattern": rf"Saved checkpoint checkpoints/checkpoint_\d+_{SAVE_EVERY}\.pt"}), **THREADS}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in fake.items():
-            mp.setenv(key, value)
-        mp.chdir(root)
-        out = io.StringIO()
-        mp.setattr(sys, "stdout", out)
-        code = slurm_array.main(["--config-dir", CONFIG_DIR, "--config-name", "sweep_init", *job,
-                                 f"hydra.sweep.dir={sweep_dir}", *TWO_NODES, "hydra.launcher.max_num_timeout=3",
-                                 "--submit"])
-    assert code == 0, out.getvalue()
+    code, submitted = slurm_array_in_process(
+        ["--config-dir", CONFIG_DIR, "--config-name", "sweep_init", *job, f"hydra.sweep.dir={sweep_dir}", *TWO_NODES,
+         "hydra.launcher.max_num_timeout=3", "--submit"], fake_slurm_env(root, job_dir, SAVE_EVERY), root)
+    assert code == 0, submitted
     (script,) = glob.glob(os.path.join(sweep_dir, "slurm", "array-*.sbatch"))
     with open(script) as f:
         text = f.read()
@@ -86,8 +71,7 @@ def test_two_node_submitit_job_matches_reference(corpus_dir, imported_init, tmp_
     runs the Hydra job, fairseq takes its rank from SLURM_PROCID."""
     reference = str(t2c_reference(tmp_path_factory, corpus_dir, imported_init))
     sweep_dir = str(tmp_path / "sweep")
-    env = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(tmp_path / "fake_slurm"),
-           "FAKE_SLURM_MODE": "async", **THREADS}
+    env = fake_slurm_env(tmp_path, FAKE_SLURM_MODE="async")
     job = ["sweep/base=t2c_demo", *t2c_recipe(corpus_dir, imported_init),
            f"distributed_training.distributed_port={free_port()}"]
     run_cli(["fairseq-hydra-train", "--multirun", "--config-dir", CONFIG_DIR, "--config-name", "sweep_init", *job,

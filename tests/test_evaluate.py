@@ -128,7 +128,7 @@ def test_zero_shot_both_directions(t2c_ckpt, s2c_ckpt, corpus_dir, tmp_path):
 
     out = str(tmp_path / "s2c_on_text")
     proc = run_cli(["xmodal-evaluate", "--checkpoint", s2c_ckpt, "--task", "t2c", "--data", corpus_dir,
-                    "--split", "valid", "--out-dir", out, "--legacy-metrics", "--batch-size", "5"])
+                    "--split", "valid", "--out", out, "--legacy-metrics", "--batch-size", "5"])
     assert "s2c checkpoint on t2c valid (24 rows, legacy metrics): ACC" in proc.stdout
     with open(os.path.join(out, "metrics.json")) as f:
         m2 = json.load(f)
@@ -216,10 +216,10 @@ def test_majority_threshold_is_a_command_line_flag(t2c_ckpt, corpus_dir, tmp_pat
     from fairseq_xmodal.cli import evaluate as cli
 
     common = ["--checkpoint", t2c_ckpt, "--task", "t2c", "--data", corpus_dir, "--split", "valid"]
-    assert cli.main(common + ["--out-dir", str(tmp_path / "bad"), "--majority-threshold", "1.5"]) == 2
+    assert cli.main(common + ["--out", str(tmp_path / "bad"), "--majority-threshold", "1.5"]) == 2
     assert "--majority-threshold must be in (0, 1]" in capsys.readouterr().err
     # with 3 labels the most frequent prediction always takes >= 1/3 of the rows, so 0.3 must fire
-    assert cli.main(common + ["--out-dir", str(tmp_path / "low"), "--majority-threshold", "0.3"]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "low"), "--majority-threshold", "0.3"]) == 0
     with open(tmp_path / "low" / "metrics.json") as f:
         m = json.load(f)
     assert m["single_label"]["threshold"] == 0.3 and m["warnings"] == [m["single_label"]["message"]]

@@ -130,7 +130,7 @@ def test_corrupt_or_missing_audio_at_evaluation(imported_init, damaged_corpus, t
     flac.write_bytes(flac.read_bytes()[:200])  # truncated: header only
     out = tmp_path / "eval"
     cmd = ["xmodal-evaluate", "--checkpoint", imported_init["s2c"], "--task", "s2c", "--data", str(data),
-           "--out-dir", str(out)]
+           "--out", str(out)]
     line = assert_refused(run_cli(cmd, check=False), flac, "corrupt")
     assert "valid.tsv" in line and "line 5" in line
     flac.unlink()
@@ -243,10 +243,10 @@ def test_every_writing_command_needs_overwrite_to_replace(tmp_path, capsys):
     from fairseq_xmodal.cli import make_official, report, sweep_table
 
     out = tmp_path / "official"
-    assert make_official.main(["--out-dir", str(out)]) == 0
+    assert make_official.main(["--out", str(out)]) == 0
     before = digest(out / "speecht5_base.pt")
-    assert make_official.main(["--out-dir", str(out)]) == 2
-    assert make_official.main(["--out-dir", str(out), "--seed", "2"]) == 2
+    assert make_official.main(["--out", str(out)]) == 2
+    assert make_official.main(["--out", str(out), "--seed", "2"]) == 2
     assert digest(out / "speecht5_base.pt") == before
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "report.md").write_text("old")

@@ -55,7 +55,7 @@ def transplants(tmp_path_factory, other_s2c, imported_init, corpus_dir):
     """xmodal-prepare-transplants: encoder layers {first,middle,last,all} x {transferred, xavier_uniform} for t2c."""
     out = tmp_path_factory.mktemp("transplants")
     assert transplant_main(["--source", other_s2c, "--base", imported_init["t2c"], "--task", "t2c",
-                            "--data", corpus_dir, "--out-dir", str(out), "--seed", "3"]) == 0
+                            "--data", corpus_dir, "--out", str(out), "--seed", "3"]) == 0
     with open(out / "transplants.json") as f:
         return json.load(f)
 

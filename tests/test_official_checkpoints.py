@@ -20,7 +20,7 @@ SPEC_KEYS = os.path.join(os.path.dirname(__file__), "data", "speecht5_pretrain_k
 
 def test_base_checkpoint_has_the_exact_official_layout_and_imports_strictly(tmp_path, corpus_dir):
     out = tmp_path / "official"
-    run_cli(["xmodal-make-official-checkpoint", "--out-dir", str(out), "--size", "base"])
+    run_cli(["xmodal-make-official-checkpoint", "--out", str(out), "--size", "base"])
     state = load_state(str(out / "speecht5_base.pt"))
     assert set(state) >= {"args", "cfg", "model", "optimizer_history", "extra_state", "last_optimizer_state"}
     assert isinstance(state["cfg"]["model"], argparse.Namespace) and isinstance(state["cfg"]["task"], argparse.Namespace)

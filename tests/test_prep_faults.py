@@ -1,4 +1,4 @@
-"""xmodal-prep-slue under faults: SIGTERM/SIGINT/SIGKILL during the audio pass, stale temp folders, the CPU count of
+"""xmodal-prepare-slue under faults: SIGTERM/SIGINT/SIGKILL during the audio pass, stale temp folders, the CPU count of
 an allocation, every bad row in one run, case-only label typos, characters SentencePiece cannot encode (prep and t2c
 alike), byte-order marks and non-UTF-8 files, progress lines in logs."""
 import os
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import BIN
-from data_prep.slue_voxceleb import DataPrepError
+from data_prep.slue_rows import DataPrepError
 from refusals import refusal_lines
 from test_data_prep import SMALL, make_rows, run, vocab, write_folder  # noqa: F401  (vocab: fixture)
 
@@ -30,7 +30,7 @@ def small_folder(tmp_path, edit=None, n_copies=1):
 
 
 def prep_cmd(tmp_path, vocab, *extra, out="data"):
-    return [os.path.join(BIN, "xmodal-prep-slue"), "--slue-dir", str(tmp_path / "slue"), "--out",
+    return [os.path.join(BIN, "xmodal-prepare-slue"), "--slue-dir", str(tmp_path / "slue"), "--out",
             str(tmp_path / out), "--spm", vocab[0], "--dict", vocab[1], *extra]
 
 
@@ -160,7 +160,7 @@ def test_t2c_refuses_unencodable_characters_with_the_prep_rule(corpus_dir, tmp_p
     wrd.write_text("\n".join(lines) + "\n")
     task, _ = build_task_and_model(make_cfg({"_name": "t2c", "data": str(data)}, {"_name": "speecht5_tiny"}))
     with pytest.raises(ValueError, match=rf"{wrd}:3: transcript character\(s\) 'é' cannot be encoded .*"
-                                         r"xmodal-prep-slue rejects such rows"):
+                                         r"xmodal-prepare-slue rejects such rows"):
         task.load_dataset("valid")
 
 

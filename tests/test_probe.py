@@ -43,7 +43,7 @@ def test_finetuned_t2c_probed_on_text_and_speech(t2c_last, imported_init, corpus
     for modality, reference in (("text", imported_init["t2c"]), ("speech", imported_init["s2c"])):
         out = tmp_path / modality
         assert cli_main(["--checkpoint", t2c_last, "--reference", reference, "--modality", modality,
-                         "--data", corpus_dir, "--out-dir", str(out)]) == 0
+                         "--data", corpus_dir, "--out", str(out)]) == 0
         table = capsys.readouterr().out
         assert "delta (checkpoint - reference)" in table and "majority (Negative)" in table, table
         with open(out / "probe.json") as f:
@@ -67,7 +67,7 @@ def test_finetuned_t2c_probed_on_text_and_speech(t2c_last, imported_init, corpus
         assert r["delta"]["accuracy"] == pytest.approx(r["checkpoint"]["accuracy"] - r["reference"]["accuracy"])
     # an existing probe.json is never silently replaced
     assert cli_main(["--checkpoint", t2c_last, "--modality", "text", "--data", corpus_dir,
-                     "--out-dir", str(tmp_path / "text")]) == 2
+                     "--out", str(tmp_path / "text")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     print("\n".join(numbers))
 
@@ -129,7 +129,7 @@ def test_dictionary_mismatch_is_an_error_naming_the_file(imported_init, corpus_d
     assert os.path.join(permuted, "labels.sent.txt") in str(e.value)
     short = dict_folder(tmp_path / "short", corpus_dir, edit_dict=lambda lines: lines[:10] + lines[11:])
     assert cli_main(["--checkpoint", imported_init["t2c"], "--reference", imported_init["s2c"], "--modality", "speech",
-                     "--data", short, "--out-dir", str(tmp_path / "o")]) == 2
+                     "--data", short, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "text dictionary mismatch" in err and os.path.join(short, "dict.txt") in err, err
     assert not os.path.exists(tmp_path / "o" / "probe.json")

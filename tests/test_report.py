@@ -11,9 +11,9 @@ import pytest
 
 from conftest import hydra_train, run_cli
 from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate_checkpoint
-from fairseq_xmodal.evaluation.logs import (learning_speed, parse_log_line, parse_training_log, shots_of,
-                                            single_label)
+from fairseq_xmodal.evaluation.logs import learning_speed, parse_training_log, shots_of, single_label
 from conftest import shared_transfer, t2c_from_s2c
+from fairseq_xmodal.fairseq_log import epoch_line
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +98,7 @@ def test_single_label_rule_and_shots():
     assert not single_label({"recall_a": 1, "recall_b": 0, "recall_c": 0, "accuracy": 0.7822, "macro_precision": 0.3})
     assert single_label({"recall_a": 1, "recall_b": 0}) and not single_label({"recall_a": 1, "recall_b": 0.5})
     assert single_label({"loss": 1.0}) is None
-    assert parse_log_line("[t][train_inner][INFO] - epoch 001:      4 / 8 loss=1.694, accuracy=0.26") is None
+    assert epoch_line("[t][train_inner][INFO] - epoch 001:      4 / 8 loss=1.694, accuracy=0.26") is None
     subsets = ("train.k4", "fine-tune.k16", "train", "train.prune", None)
     assert [shots_of(s) for s in subsets] == [4, 16, None, None, None]
 

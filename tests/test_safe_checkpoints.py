@@ -59,11 +59,11 @@ def test_code_in_conv_spec_is_refused_everywhere_and_never_runs(evil_xmodal, cor
         build_task_and_model(cfg)
     out = tmp_path / "out"
     cmds = [
-        ["xmodal-evaluate", "--checkpoint", path, "--task", "s2c", "--data", corpus_dir, "--out-dir", str(out)],
+        ["xmodal-evaluate", "--checkpoint", path, "--task", "s2c", "--data", corpus_dir, "--out", str(out)],
         ["xmodal-transfer", "--source", path, "--task", "t2c", "--data", corpus_dir, "--out", str(out / "t.pt")],
         ["xmodal-import-official", "--checkpoint", path, "--task", "t2c", "--data", corpus_dir,
          "--out", str(out / "i.pt")],
-        ["xmodal-probe", "--checkpoint", path, "--modality", "speech", "--data", corpus_dir, "--out-dir", str(out)],
+        ["xmodal-probe", "--checkpoint", path, "--modality", "speech", "--data", corpus_dir, "--out", str(out)],
     ]
     for cmd in cmds:
         assert_refused(run_cli(cmd, check=False), path, "conv_feature_layers")
@@ -115,11 +115,11 @@ def test_pickle_payload_is_refused_by_every_command(tmp_path, corpus_dir):
     path = str(tmp_path / "evil_pickle.pt")
     torch.save({"model": {"w": torch.zeros(1)}, "cfg": {"evil": _Payload(marker)}}, path)
     for cmd in (["xmodal-evaluate", "--checkpoint", path, "--task", "t2c", "--data", corpus_dir,
-                 "--out-dir", str(tmp_path / "e")],
+                 "--out", str(tmp_path / "e")],
                 ["xmodal-import-official", "--checkpoint", path, "--task", "t2c", "--data", corpus_dir,
                  "--out", str(tmp_path / "i.pt")],
                 ["xmodal-prepare-transplants", "--source", path, "--task", "t2c", "--data", corpus_dir,
-                 "--base", path, "--out-dir", str(tmp_path / "tp")]):
+                 "--base", path, "--out", str(tmp_path / "tp")]):
         assert_refused(run_cli(cmd, check=False), path, "allow-list")
     with pytest.raises(UnsafeCheckpointError, match=path):  # fairseq's loader names the file, not "<stream>"
         checkpoint_utils.load_checkpoint_to_cpu(path)
@@ -198,7 +198,7 @@ def test_truncated_empty_and_foreign_files_are_one_line_refusals(imported_init, 
     good = open(imported_init["t2c"], "rb").read()
     cases = {"truncated.pt": good[: len(good) // 2], "empty.pt": b"", "notes.pt": b"hello, not a checkpoint\n"}
     commands = [lambda p: ["xmodal-evaluate", "--checkpoint", p, "--task", "t2c", "--data", corpus_dir,
-                           "--out-dir", str(tmp_path / "e")],
+                           "--out", str(tmp_path / "e")],
                 lambda p: ["xmodal-import-official", "--checkpoint", p, "--task", "t2c", "--data", corpus_dir,
                            "--out", str(tmp_path / "i.pt")],
                 lambda p: ["xmodal-transfer", "--source", p, "--task", "s2c", "--data", corpus_dir,
@@ -214,7 +214,7 @@ def test_truncated_empty_and_foreign_files_are_one_line_refusals(imported_init, 
     other = tmp_path / "tensor.pt"
     torch.save({"weights": torch.zeros(2), "ns": argparse.Namespace(a=1)}, other)
     for cmd in (["xmodal-evaluate", "--checkpoint", str(other), "--task", "t2c", "--data", corpus_dir,
-                 "--out-dir", str(tmp_path / "e")],
+                 "--out", str(tmp_path / "e")],
                 ["xmodal-import-official", "--checkpoint", str(other), "--task", "t2c", "--data", corpus_dir,
                  "--out", str(tmp_path / "i.pt")]):
         assert_refused(run_cli(cmd, check=False), other)

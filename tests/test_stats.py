@@ -229,7 +229,7 @@ def test_sweep_pairs_transplanted_against_controls_and_two_valued_axes():
 
 def test_bad_interval_options_are_one_line_errors(tmp_path):
     proc = run_cli(["xmodal-evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--task", "t2c", "--data",
-                    str(tmp_path), "--ci-level", "1.5"], check=False)
+                    str(tmp_path), "--out", str(tmp_path / "e"), "--ci-level", "1.5"], check=False)
     assert proc.returncode == 2 and "--ci-level must be in (0, 1)" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(["xmodal-report", str(tmp_path), "--out", str(tmp_path / "r"), "--compare", "a-b"], check=False)
     assert proc.returncode == 2 and "write CONDITION_A=CONDITION_B" in proc.stderr

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -19,12 +18,11 @@ import torch
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from conftest import BIN, CONFIG_DIR, run_cli
-from fairseq_xmodal import sweeps
+from conftest import BIN, CONFIG_DIR, THREADS, fake_slurm_env, run_cli, slurm_array_in_process
+from fairseq_xmodal import fairseq_log, sweeps
 from fairseq_xmodal.cli import slurm_array, sweep_table
+from fairseq_xmodal.sweeps.callback import SweepJobCallback
 
-FAKEBIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakebin")
-THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # several jobs share 2 cores
 LOCAL_MAX_UPDATE = 12
 SLURM_MAX_UPDATE = 24
 SAVE_EVERY = 4
@@ -32,9 +30,9 @@ SAVE_EVERY = 4
 
 def _valid_lines(job_dir, subset="valid"):
     lines = []
-    for m in sweeps._log_lines(os.path.join(job_dir, "hydra_train.log")):
-        if m.group("logger") == subset:
-            lines.append(sweeps.parse_stats(subset, m.group("msg")))
+    for rec in fairseq_log.log_lines(os.path.join(job_dir, "hydra_train.log")):
+        if rec.logger == subset:
+            lines.append(fairseq_log.parse_stats(subset, rec.msg))
     return lines
 
 
@@ -92,12 +90,12 @@ def test_repair_last_checkpoint(tmp_path):
 def test_parse_stats_json_and_simple():
     simple = ("epoch 002 | valid on 'valid' subset | loss 1.602 | accuracy 0.3333 | macro_f1 0.1667 | num_updates 16 "
               "| best_macro_f1 0.1667")
-    assert sweeps.parse_stats("valid", simple) == {"epoch": 2, "loss": 1.602, "accuracy": 0.3333, "macro_f1": 0.1667,
+    assert fairseq_log.parse_stats("valid", simple) == {"epoch": 2, "loss": 1.602, "accuracy": 0.3333, "macro_f1": 0.1667,
                                                    "num_updates": 16, "best_macro_f1": 0.1667}
     js = '{"epoch": 1, "dev_loss": "1.708", "dev_macro_f1": "0.25", "dev_num_updates": "8"}'
-    assert sweeps.parse_stats("dev", js) == {"epoch": 1, "loss": 1.708, "macro_f1": 0.25, "num_updates": 8}
+    assert fairseq_log.parse_stats("dev", js) == {"epoch": 1, "loss": 1.708, "macro_f1": 0.25, "num_updates": 8}
     inner = "epoch 003:      4 / 8 loss=1.701, macro_f1=0.2343, num_updates=20, lr=0.000666667, wall=3"
-    assert sweeps.parse_stats("train_inner", inner)["num_updates"] == 20
+    assert fairseq_log.parse_stats("train_inner", inner)["num_updates"] == 20
 
 
 def test_callback_refuses_reused_folder_and_skips_finished(tmp_path):
@@ -111,7 +109,7 @@ def test_callback_refuses_reused_folder_and_skips_finished(tmp_path):
                                  "checkpoint": {"save_dir": "checkpoints"}})
 
     first = cfg(["task.data=/data/a", "optimization.lr=[1e-3]"])
-    cb = sweeps.SweepJobCallback()
+    cb = SweepJobCallback()
     cb.on_job_start(config=first)
     assert distributed_utils.call_main is real
     cb.on_job_end(config=first, job_return=JobReturn(status=JobStatus.COMPLETED, _return_value=None))
@@ -167,7 +165,7 @@ def test_sweep_configs_axes():
     params, cfg = _sweep_params("sweep_init")
     assert params == {} and OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${xmodal_job_name:}"
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == ["task.data"]
-    assert cfg.hydra.callbacks.xmodal_sweep._target_ == "fairseq_xmodal.sweeps.SweepJobCallback"
+    assert cfg.hydra.callbacks.xmodal_sweep._target_ == "fairseq_xmodal.sweeps.callback.SweepJobCallback"
     slurm = _sweep_params("sweep_init", "hydra/launcher=slurm")[1].hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.max_num_timeout > 0 and slurm.array_parallelism > 0
 
@@ -327,28 +325,18 @@ def slurm_sweep(corpus_dir, imported_init, tmp_path_factory):
               f"checkpoint.save_interval_updates={SAVE_EVERY}", "common.log_format=json", "dataset.batch_size=2"]
     first_row = common + [f"checkpoint.finetune_from_model={inits[0]}"]
     first_dir = os.path.join(sweep_dir, sweeps.job_name(first_row))
-    fake = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(root / "fake_slurm"),
-            "FAKE_SBATCH_SIGNAL": json.dumps({
-                "task": 0, "signal": "USR1", "file": glob.escape(first_dir) + "/hydra_train.log",
-                "pattern": rf"Saved checkpoint checkpoints/checkpoint_\d+_{SAVE_EVERY}\.pt"}),
-            **THREADS}
+    fake = fake_slurm_env(root, first_dir, SAVE_EVERY)
     reference_dir = str(root / "reference")
     reference = subprocess.Popen([os.path.join(BIN, "fairseq-hydra-train"), "--config-dir", CONFIG_DIR, "--config-name",
                                   "sweep_init", f"hydra.run.dir={reference_dir}", *first_row], cwd=str(root),
                                  env={**os.environ, **THREADS}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True)
-    # xmodal-slurm-array in this process (its console script is the same main()); sbatch found on PATH
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in fake.items():
-            mp.setenv(key, value)
-        mp.chdir(root)
-        out = io.StringIO()
-        mp.setattr(sys, "stdout", out)
-        code = slurm_array.main(["--config-dir", CONFIG_DIR, "--config-name", "sweep_init", *common,
-                                 "checkpoint.finetune_from_model=" + ",".join(inits), f"hydra.sweep.dir={sweep_dir}",
-                                 "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=2",
-                                 "hydra.launcher.max_num_timeout=3", "hydra.launcher.timeout_min=90", "--submit"])
-    assert code == 0, out.getvalue()
+    code, submitted = slurm_array_in_process(
+        ["--config-dir", CONFIG_DIR, "--config-name", "sweep_init", *common,
+         "checkpoint.finetune_from_model=" + ",".join(inits), f"hydra.sweep.dir={sweep_dir}",
+         "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=2", "hydra.launcher.max_num_timeout=3",
+         "hydra.launcher.timeout_min=90", "--submit"], fake, root)
+    assert code == 0, submitted
     _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
     (table,) = glob.glob(os.path.join(sweep_dir, "slurm", "jobs-*.tsv"))
@@ -356,7 +344,7 @@ def slurm_sweep(corpus_dir, imported_init, tmp_path_factory):
     return {"root": str(root), "sweep_dir": sweep_dir, "table": table, "script": script,
             "rows": sweeps.read_table(table),
             "inits": inits, "first_dir": first_dir, "reference_dir": reference_dir, "fake": fake,
-            "submit": out.getvalue()}
+            "submit": submitted}
 
 
 def test_slurm_array_files_and_run(slurm_sweep):
@@ -440,8 +428,7 @@ def test_resubmitting_finished_jobs_is_a_noop(slurm_sweep):
 def test_submitit_slurm_launcher_with_fake_slurm(corpus_dir, tmp_path):
     """hydra/launcher=slurm (config/hydra/launcher/slurm.yaml) through submitit, against the fake Slurm commands."""
     sweep_dir = str(tmp_path / "sweep")
-    env = {"PATH": FAKEBIN + os.pathsep + os.environ["PATH"], "FAKE_SLURM_DIR": str(tmp_path / "fake_slurm"),
-           "FAKE_SLURM_MODE": "async", **THREADS}  # submitit renames its job files after sbatch returns
+    env = fake_slurm_env(tmp_path, FAKE_SLURM_MODE="async")  # submitit renames its job files after sbatch returns
     run_cli(["fairseq-hydra-train", "--multirun", "--config-dir", CONFIG_DIR, "--config-name", "sweep_lr_batch",
              "sweep/base=t2c_demo", f"task.data={corpus_dir}", f"hydra.sweep.dir={sweep_dir}", "optimization.lr=[1e-3]",
              "sweep/batch=bs8_uf1", "optimization.max_update=4", "hydra/launcher=slurm",

@@ -8,6 +8,8 @@ from typing import Callable, Iterable, Optional
 
 import soundfile as sf
 
+from .. import console
+
 OUTPUT_FIX = "free space there or choose another output location"
 
 
@@ -39,10 +41,12 @@ EXPECTED = (ValueError, OSError, sf.SoundFileError)
 
 
 def console_main(prog: str) -> Callable:
-    """Decorator for a `main(argv) -> int`: expected errors become `prog: error: <message>` and exit status 2."""
+    """Decorator for a `main(argv) -> int`: quiet unless --verbose (console.py; the command's parser declares
+    --verbose with console.add_verbose), and expected errors become `prog: error: <message>` and exit status 2."""
     def wrap(fn):
         @functools.wraps(fn)
         def main(argv=None):
+            console.configure(console.wants_verbose(sys.argv[1:] if argv is None else argv))
             try:
                 return fn(argv)
             except EXPECTED as e:

@@ -3,23 +3,18 @@
 The checkpoint's own task does not matter: an s2c checkpoint on --task t2c (or the reverse) is zero-shot
 cross-modal evaluation. Deterministic, full-length, every row predicted once. Writes predictions.tsv and metrics.json
 (SLUE macro P/R/F1 over the fixed label set, zero_division=0; --legacy-metrics makes the prior system's numbers the
-headline). A long split in parallel: `--shard i/n` in n processes, then `--merge <their out dirs> --out-dir <dir>`
+headline). A long split in parallel: `--shard i/n` in n processes, then `--merge <their out dirs> --out <dir>`
 writes exactly what one unsharded run writes. See docs/transfer_and_evaluation.md."""
 import argparse
 import os
 import sys
 
+from .. import console
 from ..evaluation.evaluate import EvalConfig, evaluate_checkpoint, summary_line
 from ..evaluation.shards import merge, parse_shard
 from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
-
-
-def default_out_dir(checkpoint: str, task: str, split: str, data: str) -> str:
-    stem = os.path.splitext(os.path.basename(checkpoint))[0]
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval",
-                        f"{stem}.{task}.{os.path.basename(os.path.normpath(data))}.{split}")
 
 
 @console_main("xmodal-evaluate")
@@ -29,8 +24,8 @@ def main(argv=None):
     p.add_argument("--task", choices=["s2c", "t2c"], help="evaluate on audio (s2c) or text (t2c)")
     p.add_argument("--data", help="data folder")
     p.add_argument("--split", default="valid", help="split name, e.g. valid, dev, test, train.k8 (default: valid)")
-    p.add_argument("--out-dir", default=None,
-                   help="output folder (default: <checkpoint dir>/eval/<stem>.<task>.<data name>.<split>)")
+    p.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
+                   help="output folder for predictions.tsv and metrics.json (of a shard, with --shard)")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default 8)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="batch limit in samples (s2c) or tokens (t2c); a longer row is an error, never dropped")
@@ -39,11 +34,11 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task config field, e.g. sentencepiece_model=/path/spm_char.model")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="score only shard I of N (every N-th batch from the I-th); merge the N out dirs with --merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DIR",
-                   help="merge the out dirs of all N shards of one evaluation into --out-dir (nothing else needed)")
+                   help="merge the out dirs of all N shards of one evaluation into --out (nothing else needed)")
     p.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the utterances for the intervals (default 1000)")
@@ -52,20 +47,18 @@ def main(argv=None):
                    help="warn (metrics.json `single_label`) when at least this fraction of the predictions is one "
                         f"label (default {EvalConfig.majority_threshold})")
     add_allow_pickle_flag(p)
+    console.add_verbose(p)
     args = p.parse_args(argv)
     allow_full_pickle(args.allow_pickle)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
-        p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
-    if args.merge is not None and not args.out_dir:
-        p.error("--merge needs --out-dir")
+        p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out DIR)")
     try:
         if args.merge is not None:
             m = merge(args.merge, args.out_dir, overwrite=args.overwrite)
             out_dir = args.out_dir
         else:
             shard = parse_shard(args.shard) if args.shard else None
-            out_dir = args.out_dir or default_out_dir(args.checkpoint, args.task, args.split, args.data) + (
-                f".shard{shard[0]}of{shard[1]}" if shard else "")
+            out_dir = args.out_dir
             cfg = EvalConfig(checkpoint=args.checkpoint, task=args.task, data=args.data, split=args.split,
                              out_dir=out_dir, batch_size=args.batch_size, max_tokens=args.max_tokens,
                              legacy_metrics=args.legacy_metrics, cpu=args.cpu,

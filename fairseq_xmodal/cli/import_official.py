@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .. import console
 from ..files import atomic_write_json
 from ..models.heads import CLASSIFIERS
 from ..models.hf import import_hf_folder, is_hf_folder
@@ -22,7 +23,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-import-official", description=__doc__)
     p.add_argument("--checkpoint", required=True,
                    help="official speecht5_base.pt, a SID fine-tuned checkpoint, or an HF SpeechT5 folder")
-    p.add_argument("--task", required=True, choices=["s2c", "t2c"])
+    p.add_argument("--task", required=True, choices=["s2c", "t2c"],
+                   help="task of the result: s2c (speech) or t2c (text)")
     p.add_argument("--data", required=True, help="data folder (dict.txt, labels.sent.txt; docs/data_format.md)")
     p.add_argument("--out", required=True, help="output checkpoint path (never the input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .import.json)")
@@ -35,6 +37,7 @@ def main(argv=None):
                    help="model.classifier of the result (docs/methods/classifier_heads.md); the encoder heads leave "
                         "the official decoder out (reported as ignored) and start with a new class head")
     add_allow_pickle_flag(p)
+    console.add_verbose(p)
     args = p.parse_args(argv)
     allow_full_pickle(args.allow_pickle)
     overrides = {"classifier": args.classifier} if args.classifier != "decoder_query" else None

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from .. import console
 from ..models.official import write_official_checkpoint
 from ..models.speecht5 import SpeechT5Config, SpeechT5TinyConfig
 from ..text_vocab import make_char_vocab
@@ -15,8 +16,9 @@ SIZES = {"base": SpeechT5Config, "tiny": SpeechT5TinyConfig}
 
 @console_main("xmodal-make-official-checkpoint")
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out-dir", required=True, help="writes <name>, spm_char.model and dict.txt here")
+    p = argparse.ArgumentParser(prog="xmodal-make-official-checkpoint", description=__doc__)
+    p.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
+                   help="folder to write <name>, spm_char.model and dict.txt into")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model dimensions")
     p.add_argument("--name", default="speecht5_base.pt", help="checkpoint file name")
     p.add_argument("--seed", type=int, default=1, help="seed of the random weights (default 1)")
@@ -24,8 +26,9 @@ def main(argv=None):
     p.add_argument("--sid-labels", default=None,
                    help="comma-separated labels: write an official SID (s2c) fine-tuned checkpoint instead, plus its "
                         "label dict as sid_dict.txt")
+    console.add_verbose(p)
     args = p.parse_args(argv)
-    refuse_existing(os.path.join(args.out_dir, args.name), args.overwrite, option="--out-dir/--name")
+    refuse_existing(os.path.join(args.out_dir, args.name), args.overwrite, option="--out/--name")
     os.makedirs(args.out_dir, exist_ok=True)
     spm_path, dict_path = make_char_vocab(args.out_dir)
     labels = args.sid_labels.split(",") if args.sid_labels else None

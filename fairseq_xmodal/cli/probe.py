@@ -4,20 +4,15 @@ Pooled features of the probed input path (--modality speech = audio through the 
 the t2c path) of the frozen --checkpoint train a standardised logistic regression on --train-split; its SLUE
 macro-F1 on --eval-split (or on a seeded, stratified --holdout fraction of the train split) is reported next to the
 same probe on --reference (e.g. the pretrained init imported from speecht5_base.pt, or speecht5_base.pt itself), with
-delta = checkpoint - reference and majority / uniform-random baselines. Writes <out-dir>/probe.json.
+delta = checkpoint - reference and majority / uniform-random baselines. Writes <out>/probe.json.
 See docs/methods/probe.md."""
 import argparse
-import logging
 import os
 import sys
+
+from .. import console
 from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .errors import EXPECTED, console_main, one_line
-
-
-def default_out_dir(checkpoint: str, modality: str, data: str, train: str, evaluation: str) -> str:
-    stem = os.path.splitext(os.path.basename(checkpoint))[0]
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "probe",
-                        f"{stem}.{modality}.{os.path.basename(os.path.normpath(data))}.{train}-{evaluation}")
 
 
 @console_main("xmodal-probe")
@@ -48,17 +43,13 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task config field, e.g. sentencepiece_model=/path/spm_char.model")
-    p.add_argument("--out-dir", default=None,
-                   help="output folder (default: <checkpoint dir>/probe/<stem>.<modality>.<data name>.<train>-<eval>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing probe.json in --out-dir")
-    p.add_argument("--verbose", action="store_true", help="show fairseq's INFO logging")
+    p.add_argument("--out", dest="out_dir", required=True, metavar="DIR", help="output folder for probe.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing probe.json in --out")
+    console.add_verbose(p)
     add_allow_pickle_flag(p)
     args = p.parse_args(argv)
     allow_full_pickle(args.allow_pickle)
-    evaluation = f"holdout{args.holdout:g}" if args.holdout is not None else (args.eval_split or "valid")
-    out_dir = args.out_dir or default_out_dir(args.checkpoint, args.modality, args.data, args.train_split, evaluation)
-    # Importing fairseq configures the root logger at INFO (fairseq/tasks/text_to_speech.py); keep the table readable.
-    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    out_dir = args.out_dir
 
     from ..evaluation.probe import ProbeConfig, probe, table_lines
     from .transfer import parse_task_args

@@ -10,9 +10,12 @@ import argparse
 import os
 import sys
 
+from .. import console
 from ..evaluation import stats
-from ..evaluation.report import GROUP_COLUMNS, build_report, markdown_table
+from ..evaluation.conditions import GROUP_COLUMNS
+from ..evaluation.report import build_report, markdown_table
 from ..evaluation.seeds import COMPARISON_COLUMNS
+from .errors import EXPECTED, console_main, one_line
 
 
 def print_power(alpha: float):
@@ -24,14 +27,13 @@ def print_power(alpha: float):
           "of macro-F1, and the difference two independently evaluated models separate with 80% power")
     rows = stats.utterance_table(alpha=alpha)
     print(markdown_table(rows, list(rows[0])))
-from .errors import EXPECTED, console_main, one_line
 
 
 @console_main("xmodal-report")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="xmodal-report", description=__doc__)
     p.add_argument("paths", nargs="*", help="run folders, evaluation folders, metrics.json files, or parents of them")
-    p.add_argument("--out", help="output folder")
+    p.add_argument("--out", metavar="DIR", help="output folder (report.md, CSV, JSON, PNG)")
     p.add_argument("--subset", default=None,
                    help="validation subset for the learning curves (default: the run's first valid_subset)")
     p.add_argument("--compare", action="append", default=[], metavar="A=B",
@@ -50,6 +52,7 @@ def main(argv=None):
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--power", action="store_true", help="print the power tables (seeds and dev utterances) and exit")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    console.add_verbose(p)
     args = p.parse_args(argv)
     if not 0 < args.alpha < 1 or args.permutations < 1:
         p.error("--alpha must be in (0, 1) and --permutations at least 1")

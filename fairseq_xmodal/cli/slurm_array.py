@@ -32,7 +32,9 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from fairseq_xmodal import sweeps
+from fairseq_xmodal import console, sweeps
+
+from .errors import console_main
 
 # package data of any install (pyproject.toml), never relative to a checkout
 TEMPLATE = str(importlib.resources.files("fairseq_xmodal") / "slurm" / "array_job.sh")
@@ -45,8 +47,12 @@ _SBATCH_KEYS = ("partition", "account", "qos", "constraint", "exclude", "gres", 
                 "gpus_per_task", "mem_per_gpu", "mem_per_cpu")
 
 
+LAUNCHER = "hydra_plugins.xmodal.array_launcher.ArrayTableLauncher"
+
+
 class _Collector:
-    """Stands in for SlurmLauncher.launch: composes and checks every job of the sweep instead of submitting it."""
+    """ArrayTableLauncher's launch (hydra_plugins/xmodal/array_launcher.py): composes and checks every job of the sweep
+    instead of submitting it."""
 
     def __init__(self) -> None:
         self.jobs: List[List[str]] = []
@@ -59,6 +65,12 @@ class _Collector:
         from hydra.core.utils import JobReturn, JobStatus
         from omegaconf import open_dict
 
+        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+        from omegaconf import OmegaConf
+
+        if not issubclass(OmegaConf.get_type(launcher.config.hydra.launcher) or object, SlurmQueueConf):
+            raise sweeps.SweepError("the launcher must be a submitit_slurm config (hydra/launcher=slurm, or your own "
+                                    "config based on submitit_slurm)")
         self.config, self.params = launcher.config, dict(launcher.params)
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -169,6 +181,7 @@ def render_script(template: str, directives: List[str], settings: Dict[str, str]
     return "\n".join(out) + "\n"
 
 
+@console_main("xmodal-slurm-array")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="xmodal-slurm-array", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,16 +200,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train", default=None,
                         help="fairseq-hydra-train to run in the jobs (default: the one next to this Python)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides and sweeps, as for fairseq-hydra-train -m")
+    console.add_verbose(parser)
     args = parser.parse_args(argv)
 
     from fairseq_cli import hydra_train
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.plugins import Plugins
 
-    # Hydra loads plugin modules itself (a module object of its own): patch the class it will instantiate
-    SlurmLauncher = Plugins.instance().class_name_to_class.get(
-        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
-    if SlurmLauncher is None:
+    Plugins.instance()  # Hydra's plugin scan imports hydra_plugins/xmodal/array_launcher.py
+    launcher_cls = Plugins.instance().class_name_to_class.get(LAUNCHER)
+    if launcher_cls is None:
         print("xmodal-slurm-array: hydra-submitit-launcher is not installed (pip install hydra-submitit-launcher)",
               file=sys.stderr)
         return 2
@@ -204,11 +217,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = list(args.overrides)
     if not any(sweeps.override_key(o) == "hydra/launcher" for o in overrides):
         overrides.append("hydra/launcher=slurm")
+    # Hydra's own sweeper expands the sweep; the launcher it instantiates is ours: it collects instead of submitting
+    overrides.append(f"hydra.launcher._target_={LAUNCHER}")
     config_dir = os.path.abspath(args.config_dir)
     collector = _Collector()
-    saved_launch, saved_argv = SlurmLauncher.launch, sys.argv
-    SlurmLauncher.launch = lambda self, job_overrides, initial_job_idx: collector.launch(self, job_overrides,
-                                                                                          initial_job_idx)
+    # Kept: sys.argv. Hydra's one public entry to a multirun is the @hydra.main-decorated function (fairseq's
+    # hydra_train.cli_main), and it reads its arguments from sys.argv only; the alternative is Hydra's private
+    # _run_hydra. Scoped to this call and restored.
+    saved_argv = sys.argv
+    launcher_cls.collect = collector.launch
     sys.argv = ["xmodal-slurm-array", "--multirun", "--config-dir", config_dir, "--config-name", args.config_name,
                 *overrides]
     try:
@@ -218,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if e.code:
             return int(e.code) if isinstance(e.code, int) else 1
     finally:
-        SlurmLauncher.launch, sys.argv = saved_launch, saved_argv
+        launcher_cls.collect, sys.argv = None, saved_argv
         GlobalHydra.instance().clear()
     if collector.config is None:
         print("xmodal-slurm-array: no jobs were collected: the launcher must be a submitit_slurm config "

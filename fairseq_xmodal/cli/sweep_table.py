@@ -17,14 +17,12 @@ writes it), followed by the comparisons the sweep defines: conditions that diffe
 `S.<init>.pt`; t-tests over seeds of the best checkpoint metric, with a verdict.
 """
 import argparse
-import csv
-import io
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from fairseq_xmodal import sweeps
-from fairseq_xmodal.evaluation import seeds
+from fairseq_xmodal import console, sweeps
+from fairseq_xmodal.evaluation import seeds, tables
 from fairseq_xmodal.files import atomic_write_text
 from .errors import console_main, refuse_existing
 
@@ -79,35 +77,17 @@ def _cell(value: Any) -> str:
 
 
 def to_csv(rows: List[Dict[str, Any]], cols: List[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(cols)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in cols])
-    return out.getvalue()
+    return tables.csv_text(rows, cols, _cell)
 
 
 def to_markdown(rows: List[Dict[str, Any]], cols: List[str]) -> str:
     """Overrides shared by every row are printed once above the table; the column keeps the ones that vary."""
     lists = [r.get("overrides", "").split() for r in rows]
     common = [o for o in (lists[0] if lists else []) if all(o in lst for lst in lists[1:])] if len(rows) > 1 else []
-    lines = []
-    if common:
-        lines += [f"Common overrides: `{' '.join(common)}`", ""]
-
-    def md(value: str) -> str:
-        return value.replace("|", "\\|").replace("\n", " ")
-
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---:" if c not in ("job", "status", "overrides", "error", "path", "resumed_at")
-                                else "---" for c in cols) + "|")
-    for row, lst in zip(rows, lists):
-        cells = []
-        for c in cols:
-            text = " ".join(o for o in lst if o not in common) if c == "overrides" else _cell(row.get(c))
-            cells.append(md(text))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    shown = [{**row, "overrides": " ".join(o for o in lst if o not in common)} for row, lst in zip(rows, lists)]
+    head = [f"Common overrides: `{' '.join(common)}`", ""] if common else []
+    right = [c for c in cols if c not in ("job", "status", "overrides", "error", "path", "resumed_at")]
+    return "\n".join(head + [tables.markdown(shown, cols, _cell, right)])
 
 
 def _split(overrides: str) -> Dict[str, str]:
@@ -186,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="column to sort by, e.g. macro_f1 (= best_macro_f1), accuracy, loss, wall_s "
                              "(default: best_<checkpoint.best_checkpoint_metric>)")
     order = parser.add_mutually_exclusive_group()
-    order.add_argument("--ascending", dest="ascending", action="store_true", default=None)
+    order.add_argument("--ascending", dest="ascending", action="store_true", default=None,
+                       help="smallest first")
     order.add_argument("--descending", dest="ascending", action="store_false",
                        help="default: descending, ascending for losses")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what goes to stdout")
@@ -201,6 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="an unfinished job whose logs are older than this is 'interrupted', not 'running'")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --markdown/--csv/--groups-csv files")
+    console.add_verbose(parser)
     args = parser.parse_args(argv)
     for option, path in (("--markdown", args.markdown), ("--csv", args.csv), ("--groups-csv", args.groups_csv)):
         if path:
@@ -227,10 +209,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metric = next((f"best_{r['metric']}" for r in rows if r.get("metric")), None)
         comps = sweep_comparisons(groups, metric, args.alpha)
         extra = (f"\nSeed groups ({args.seed_key}; mean, std and 95% t-interval over seeds):\n\n"
-                 + _markdown_plain(group_rows, gcols))
+                 + tables.markdown(group_rows, gcols, _cell))
         if comps:
             extra += (f"\nComparisons ({metric}, A - B, alpha={args.alpha:g}):\n\n"
-                      + _markdown_plain(comps, [c for c in seeds.COMPARISON_COLUMNS if c not in ("task", "split")]))
+                      + tables.markdown(comps, [c for c in seeds.COMPARISON_COLUMNS if c not in ("task", "split")],
+                                        _cell))
         markdown += extra
         if args.groups_csv:
             atomic_write_text(to_csv(group_rows, gcols), args.groups_csv)
@@ -239,13 +222,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if path:
             atomic_write_text(text, path)
     return 0
-
-
-def _markdown_plain(rows: List[Dict[str, Any]], cols: List[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

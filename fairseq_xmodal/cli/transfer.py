@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from ..modalities import TASKS
 from ..models.heads import CLASSIFIERS
 from ..transfer import INIT_STRATEGIES, ORIGINS, TransferPlan, transfer
+from .. import console
 from .errors import EXPECTED, console_main, one_line
 
 
@@ -53,6 +54,7 @@ def main(argv=None):
                    help="model.classifier of the target (default: the source's); a different one needs its head "
                         "re-initialised: --reinit head (and pooler where it has parameters)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    console.add_verbose(p)
     args = p.parse_args(argv)
     try:
         plan = TransferPlan(source=args.source, task=args.task, data=args.data, out=args.out,

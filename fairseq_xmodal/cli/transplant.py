@@ -1,7 +1,7 @@
 """xmodal-prepare-transplants: the initialisation checkpoints of the layer transplant grid, one xmodal-transfer each.
 
 For every layer set (default first, middle, last, all of --group) and every init (default transferred,
-xavier_uniform) it writes <out-dir>/<layers>.<init>.pt (+ .transfer.json): the --base checkpoint (usually the target
+xavier_uniform) it writes <out>/<layers>.<init>.pt (+ .transfer.json): the --base checkpoint (usually the target
 task's pretrained init from xmodal-import-official) with those layers replaced:
 
   transferred      the layers come from --source (the other modality's fine-tuned model)
@@ -10,7 +10,7 @@ task's pretrained init from xmodal-import-official) with those layers replaced:
 Everything else comes from --base, in every file, so two files of one layer set differ only in those layers.
 Named layer sets: first = 0, middle = L // 2, last = L - 1, all (selectors.py, as model.freeze resolves
 encoder.layers.middle); each file's selector is written with the resolved indices (encoder.layers.1).
-<out-dir>/transplants.json lists the files with their layer indices. Then train the grid (sweep/transplanted=frozen
+<out>/transplants.json lists the files with their layer indices. Then train the grid (sweep/transplanted=frozen
 freezes the layers each file's .transfer.json names):
 
   fairseq-hydra-train --multirun --config-dir config --config-name sweep_transplant task.data=DATA \
@@ -29,6 +29,7 @@ from ..progress import progress
 from ..selectors import LAYERED, named_layers
 from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, transfer
 from .transfer import parse_task_args
+from .. import console
 from .errors import EXPECTED, console_main, one_line
 
 FORMAT = "fairseq_xmodal.transplants/1"
@@ -84,7 +85,8 @@ def main(argv=None):
                    help="fairseq_xmodal checkpoint everything else comes from (e.g. the target task's imported init)")
     p.add_argument("--task", required=True, choices=TASKS, help="target task")
     p.add_argument("--data", required=True, help="target data folder")
-    p.add_argument("--out-dir", required=True, help="folder for <layers>.<init>.pt and transplants.json")
+    p.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
+                   help="folder for <layers>.<init>.pt and transplants.json")
     p.add_argument("--group", default="encoder", choices=list(LAYERED), help="whose layers (default encoder)")
     p.add_argument("--layers", default="first,middle,last,all",
                    help="layer sets: first, middle, last, all, an index I or a range I-J (comma list)")
@@ -93,6 +95,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="seed of every re-initialisation (recorded)")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="target task config field")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    console.add_verbose(p)
     args = p.parse_args(argv)
     try:
         manifest = prepare(args.source, args.base, args.task, args.data, args.out_dir, args.group,

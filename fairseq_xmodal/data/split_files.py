@@ -8,7 +8,7 @@ from .utf8 import read_utf8_lines
 
 def read_lines(path: str, what: str) -> List[str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found ({what}); run xmodal-prep-slue or see docs/data_format.md")
+        raise FileNotFoundError(f"{path} not found ({what}); run xmodal-prepare-slue or see docs/data_format.md")
     return read_utf8_lines(path)
 
 
@@ -32,7 +32,7 @@ def check_rows(path: str, got: int, expected: int):
     if got != expected:
         raise ValueError(
             f"{path} has {got} rows but the split has {expected}: every file of a split must list the same "
-            f"utterances in the same order; re-run xmodal-prep-slue"
+            f"utterances in the same order; re-run xmodal-prepare-slue"
         )
 
 

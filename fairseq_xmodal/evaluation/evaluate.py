@@ -255,7 +255,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> Dict[str, Any]:
     out_dir = os.path.abspath(cfg.out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not cfg.overwrite:
-        raise EvaluationError(f"{out_dir} already holds predictions.tsv/metrics.json; choose another --out-dir or "
+        raise EvaluationError(f"{out_dir} already holds predictions.tsv/metrics.json; choose another --out or "
                               f"pass --overwrite")
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
     task, model, state = load_for_evaluation(cfg.checkpoint, cfg.task, cfg.data, cfg.task_overrides)

@@ -1,119 +1,25 @@
-"""fairseq training logs -> per-epoch train/valid statistics and the run config, and learning speed (updates until
+"""fairseq training runs -> per-epoch train/valid statistics and the run config, and learning speed (updates until
 predictions stop being single-label).
 
-Log parsing reads fairseq's end-of-epoch lines in every format fairseq writes them:
-  hydra, simple:  [time][valid][INFO] - epoch 003 | valid on 'valid' subset | loss 1.584 | accuracy 0.3333 | ...
-                  [time][train][INFO] - epoch 003 | loss 1.584 | ...
-  hydra, json:    [time][valid][INFO] - {"epoch": 3, "valid_loss": "1.584", ...}
-  fairseq-train:  2024-01-01 10:00:00 | INFO | valid | epoch 003 | valid on 'valid' subset | loss 1.584 | ...
-and the config dict fairseq_cli.train logs at start (task, train_subset, finetune_from_model). Per-update
-`train_inner` lines are ignored. A later line for the same (subset, epoch) replaces an earlier one (resumed runs).
+Reading is fairseq_log.py's (the one reader of fairseq logs, shared with the sweep table): end-of-epoch lines in every
+format fairseq writes them, and the run's config from its .hydra/config.yaml (the config dict fairseq_cli.train logs
+only for a log without a .hydra folder). Per-update `train_inner` lines are ignored. A later line for the same
+(subset, epoch) replaces an earlier one (resumed runs).
 """
-import ast
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..fairseq_log import epoch_stats, log_lines, run_config
 from ..lineage import describe_init_file, init_file
 
 LOG_NAMES = ("hydra_train.log", "train.log")
-HYDRA_LINE = re.compile(r"^\[[^\]]*\]\[(?P<tag>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
-PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| (?P<level>[A-Z]+) \| (?P<tag>[^|]+?) \| (?P<msg>.*)$")
-VALID_ON = re.compile(r"^valid on '(?P<subset>[^']+)' subset$")
-EPOCH = re.compile(r"^epoch (?P<epoch>\d+)$")
 SHOTS = re.compile(r"(?:^|\.)k(\d+)(?:\.|$)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Log parsing
-
-
-@dataclass
-class LogRecord:
-    kind: str  # "train" | "valid" | "config"
-    subset: Optional[str]
-    epoch: Optional[int]
-    stats: Dict[str, Any]
-
-
-def _value(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    s = text.strip()
-    try:
-        return int(s) if re.fullmatch(r"[-+]?\d+", s) else float(s)
-    except ValueError:
-        return s
-
-
-def parse_log_line(line: str) -> Optional[LogRecord]:
-    """One log line -> an end-of-epoch train/valid record, the run config, or None."""
-    line = line.rstrip("\n")
-    m = HYDRA_LINE.match(line) or PLAIN_LINE.match(line)
-    if not m:
-        return None
-    tag, msg = m.group("tag").strip(), m.group("msg")
-    if tag == "train_inner":
-        return None
-    if msg.startswith("{'_name'"):
-        cfg = _literal_dict(msg)
-        return LogRecord("config", None, None, cfg) if cfg is not None else None
-    if msg.startswith("{"):
-        return _parse_json(tag, msg)
-    return _parse_simple(tag, msg)
-
-
-class _BareNamesToStrings(ast.NodeTransformer):
-    """fairseq's config repr prints enum choices unquoted (`'long_utterances': error`); read them as strings."""
-
-    def visit_Name(self, node):
-        return ast.copy_location(ast.Constant(node.id), node)
-
-
-def _literal_dict(text: str) -> Optional[Dict[str, Any]]:
-    """A python dict repr -> dict, without running code (literal_eval of a parsed, sanitised tree)."""
-    try:
-        tree = _BareNamesToStrings().visit(ast.parse(text, mode="eval"))
-        value = ast.literal_eval(tree.body)
-    except (ValueError, SyntaxError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _parse_json(tag: str, msg: str) -> Optional[LogRecord]:
-    try:
-        d = json.loads(msg)
-    except ValueError:
-        return None
-    prefix = tag + "_"
-    if not isinstance(d, dict) or prefix + "loss" not in d:
-        return None
-    stats = {k[len(prefix):]: _value(v) for k, v in d.items() if k.startswith(prefix)}
-    epoch = d.get("epoch")
-    kind = "train" if tag == "train" else "valid"
-    return LogRecord(kind, None if kind == "train" else tag, int(epoch) if epoch is not None else None, stats)
-
-
-def _parse_simple(tag: str, msg: str) -> Optional[LogRecord]:
-    parts = [p.strip() for p in msg.split(" | ")]
-    m = EPOCH.match(parts[0])
-    if not m or len(parts) < 2:
-        return None
-    v = VALID_ON.match(parts[1])
-    if v:
-        kind, subset, rest = "valid", v.group("subset"), parts[2:]
-    elif tag == "train":
-        kind, subset, rest = "train", None, parts[1:]
-    else:
-        return None
-    stats = {}
-    for p in rest:
-        key, _, val = p.partition(" ")
-        if key:
-            stats[key] = _value(val)
-    return LogRecord(kind, subset, int(m.group("epoch")), stats)
+# Runs
 
 
 @dataclass
@@ -167,17 +73,16 @@ def on_shots_axis(train_subset: Optional[str]) -> bool:
 
 def parse_training_log(path: str, name: Optional[str] = None) -> RunLog:
     run = RunLog(path=os.path.abspath(path), name=name or os.path.basename(os.path.dirname(os.path.abspath(path))))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            rec = parse_log_line(line)
-            if rec is None:
-                continue
-            if rec.kind == "config":
-                run.cfg = rec.stats
-            elif rec.kind == "train" and rec.epoch is not None:
-                run.train[rec.epoch] = rec.stats
-            elif rec.kind == "valid" and rec.epoch is not None:
-                run.valid.setdefault(rec.subset, {})[rec.epoch] = rec.stats
+    records = list(log_lines(path))
+    run.cfg = run_config(path, records)
+    for rec in records:
+        ep = epoch_stats(rec)
+        if ep is None or ep.epoch is None:
+            continue
+        if ep.kind == "train":
+            run.train[ep.epoch] = ep.stats
+        else:
+            run.valid.setdefault(ep.subset, {})[ep.epoch] = ep.stats
     return run
 
 

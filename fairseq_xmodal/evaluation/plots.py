@@ -4,6 +4,8 @@
 Every `plot_*` returns None when it drew, or the reason it did not (the report lists it: no figure is dropped
 silently).
 """
+import json
+import os
 import re
 from typing import Any, Dict, List, Optional
 
@@ -158,3 +160,39 @@ def plot_f1_vs_shots(learning: List[Dict[str, Any]], evals: List[Dict[str, Any]]
            "F1 versus shots (error bars: 95% t-interval over seeds; one seed: bootstrap over utterances)")
     _save(fig, path)
     return None
+
+
+def draw_report(out_dir, files, lgroups, groups, plot: bool):
+    """All figures of a report -> (figures not drawn with the reason, {group: confusion png}); the drawn ones are
+    added to `files`."""
+    skipped: Dict[str, str] = {}
+    confusion: Dict[str, str] = {}
+    if not plot:
+        return {"all figures": "--no-plots"}, confusion
+    for key, fn, why_none in (("loss.png", plot_losses, "no training log"),
+                              ("valid_f1.png", plot_valid_f1, "no training log")):
+        why = fn(lgroups, os.path.join(out_dir, key)) if lgroups else why_none
+        files[key.replace(".", "_")] = key
+        if why:
+            skipped[key] = why
+            del files[key.replace(".", "_")]
+    why = plot_f1_vs_shots(lgroups, [row for _, row in groups], os.path.join(out_dir, "f1_vs_shots.png"))
+    if why:
+        skipped["f1_vs_shots.png"] = why
+    else:
+        files["f1_vs_shots_png"] = "f1_vs_shots.png"
+    for g, row in groups:
+        mats = [json.load(open(r["source"])).get("confusion_matrix") for r in g.rows]
+        if not all(mats):
+            skipped[f"confusion {g.condition}"] = "no gold labels on this split"
+            continue
+        counts = [[sum(m["counts"][i][j] for m in mats) for j in range(len(mats[0]["labels"]))]
+                  for i in range(len(mats[0]["labels"]))]
+        unique = sum(h.condition == g.condition for h, _ in groups) == 1
+        fname = "confusion_" + safe_name(g.condition if unique else f"{g.condition}_{row['task']}_{row['split']}")
+        fname += ".png"
+        summed = f", summed over {g.n} seeds" if g.n > 1 else ""
+        plot_confusion(counts, mats[0]["labels"], f"{g.condition}: {row['model_task']} ckpt on {row['task']} "
+                             f"{row['split']}{summed}", os.path.join(out_dir, fname))
+        confusion[g.condition if unique else f"{g.condition} ({row['task']} {row['split']})"] = fname
+    return skipped, confusion

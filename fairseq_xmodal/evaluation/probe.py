@@ -295,7 +295,7 @@ def probe(cfg: ProbeConfig) -> Dict[str, Any]:
     out_dir = os.path.abspath(cfg.out_dir)
     target = os.path.join(out_dir, "probe.json")
     if os.path.exists(target) and not cfg.overwrite:
-        raise ProbeError(f"{target} exists; choose another --out-dir or pass --overwrite")
+        raise ProbeError(f"{target} exists; choose another --out or pass --overwrite")
     if not os.path.isdir(cfg.data):
         raise ProbeError(f"data folder {cfg.data} not found")
     device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"

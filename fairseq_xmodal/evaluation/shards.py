@@ -1,5 +1,5 @@
 """Sharded evaluation: `xmodal-evaluate --shard i/n` on n processes (GPUs, nodes, array tasks), then
-`xmodal-evaluate --merge <shard dirs> --out-dir <dir>` writes the predictions.tsv and metrics.json that one unsharded
+`xmodal-evaluate --merge <shard dirs> --out <dir>` writes the predictions.tsv and metrics.json that one unsharded
 run would have written, byte for byte.
 
 Shard i scores batches i, i+n, i+2n, ... of the fixed batch order of an unsharded run (fairseq's sharded iterator over
@@ -46,7 +46,7 @@ def merge(shard_dirs: Sequence[str], out_dir: str, overwrite: bool = False) -> D
     out_dir = os.path.abspath(out_dir)
     targets = [os.path.join(out_dir, n) for n in ("predictions.tsv", "metrics.json")]
     if any(os.path.exists(t) for t in targets) and not overwrite:
-        raise EvaluationError(f"{out_dir} already holds predictions.tsv/metrics.json; choose another --out-dir or "
+        raise EvaluationError(f"{out_dir} already holds predictions.tsv/metrics.json; choose another --out or "
                               f"pass --overwrite")
     shards = [_read(d) for d in shard_dirs]
     if not shards:

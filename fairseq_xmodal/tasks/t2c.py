@@ -52,7 +52,7 @@ class T2CTask(ClassificationTask):
         bad = unencodable_chars(self.spm, text.strip())
         if bad:  # the rule of data preparation (never a silent <unk>)
             raise ValueError(f"{where}: transcript character(s) {''.join(bad)!r} cannot be encoded by {self.spm_path} "
-                             f"(SentencePiece would make them <unk>). xmodal-prep-slue rejects such rows (--skip-bad "
+                             f"(SentencePiece would make them <unk>). xmodal-prepare-slue rejects such rows (--skip-bad "
                              f"leaves them out): re-run it, or fix the transcript")
         ids = []
         for p in pieces:
