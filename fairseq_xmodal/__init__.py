@@ -11,7 +11,7 @@ import os
 from omegaconf import OmegaConf
 
 from . import fairseq_patches
-from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
+from .criterions import classification, mona, xmodal_align  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401
 

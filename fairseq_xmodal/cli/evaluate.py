@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..evaluation.evaluate import EvalConfig, evaluate, summary_line
+from ..evaluation import retrieval
 from ..evaluation.shards import merge, parse_shard
 from .transfer import parse_task_args
 from .errors import EXPECTED, console_main, one_line
@@ -47,7 +48,14 @@ def main(argv=None):
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the utterances for the intervals (default 1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0; recorded)")
+    p.add_argument("--retrieval", action="store_true",
+                   help="instead of classifying: speech<->text retrieval on the paired split (recall@1/@5, mean rank, "
+                        "chance) -> retrieval.json (evaluation/retrieval.py; --task is not needed)")
+    p.add_argument("--features", default="encoder_mean", choices=["encoder_mean", "decoder", "classifier"],
+                   help="--retrieval: the pooled representation compared (default encoder_mean)")
     args = p.parse_args(argv)
+    if args.retrieval:
+        return _retrieval(p, args)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out-dir DIR)")
     if args.merge is not None and not args.out_dir:
@@ -73,6 +81,21 @@ def main(argv=None):
     for w in m["warnings"]:
         print(f"WARNING: {w}")
     print(f"wrote {os.path.join(out_dir, 'predictions.tsv')} and {os.path.join(out_dir, 'metrics.json')}")
+    return 0
+
+
+def _retrieval(p, args) -> int:
+    if not (args.checkpoint and args.data):
+        p.error("--retrieval needs --checkpoint and --data")
+    out_dir = args.out_dir or default_out_dir(args.checkpoint, "retrieval", args.split, args.data)
+    try:
+        m = retrieval.retrieval(args.checkpoint, args.data, args.split, out_dir, args.features, args.batch_size,
+                                args.overwrite, args.ci_level, args.bootstrap, args.bootstrap_seed)
+    except EXPECTED as e:
+        print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    print("\n".join(retrieval.summary_lines(m)))
+    print(f"wrote {os.path.join(out_dir, 'retrieval.json')}")
     return 0
 
 
