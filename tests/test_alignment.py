@@ -102,6 +102,23 @@ def test_ctc_term_is_torch_ctc_over_the_transcript_characters(s2c_paired):
     assert crit.blank == s2c_paired.text_dictionary.index("<ctc_blank>") != s2c_paired.text_dictionary.unk()
 
 
+def test_ctc_head_starts_from_the_official_encoder_proj(s2c_paired, official_tiny, corpus_dir):
+    from fairseq_xmodal.checkpoints import load_state
+
+    official = load_state(official_tiny)["model"]
+    task = S2CTask.setup_task(S2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True,
+                                        text_dictionary=os.path.join(os.path.dirname(official_tiny), "dict.txt")))
+    crit = AlignCriterion(task, AlignCriterionConfig(align_ctc_weight=1.0, align_ctc_init=official_tiny,
+                                                     encoder_embed_dim=official["encoder.proj.weight"].shape[1]))
+    assert torch.equal(crit.ctc_proj.weight.data, official["encoder.proj.weight"])
+    assert torch.equal(crit.ctc_proj.bias.data, official["encoder.proj.bias"])
+    with pytest.raises(ValueError, match="needs criterion.align_ctc_weight"):
+        AlignCriterion(task, AlignCriterionConfig(align_ctc_init=official_tiny, encoder_embed_dim=64))
+    with pytest.raises(ValueError, match="the CTC head needs"):
+        AlignCriterion(task, AlignCriterionConfig(align_ctc_weight=1.0, align_ctc_init=official_tiny,
+                                                  encoder_embed_dim=32))
+
+
 def test_refuses_dev_or_test_as_training_split_and_unpaired_tasks(corpus_dir):
     for split in ("dev", "test", "train,dev.k8"):
         task = S2CTask.setup_task(S2CConfig(data=corpus_dir, train_subset=split, seed=1, paired_source_modality=True))

@@ -11,13 +11,14 @@ order; data/paired_dataset.py); under t2c the roles swap (text drives batching),
 
 tau = exp(log_tau): fixed (align_temperature) or learned (align_learn_temperature, clamped to >= 0.01 as in CLIP).
 The CTC head maps encoder frames to the text dictionary (blank = <ctc_blank>); it lives in the criterion (fairseq
-trains and checkpoints criterion parameters), like the official pre-training's `encoder.proj`. Labels are never read.
+trains and checkpoints criterion parameters) and can start from the official pre-training's `encoder.proj`
+(align_ctc_init). Labels are never read.
 The criterion refuses a training split named dev* or test* (alignment uses fine-tune pairs only).
 """
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,10 @@ class AlignCriterionConfig(FairseqDataclass):
     align_ctc_weight: float = field(
         default=0.0, metadata={"help": "weight of a CTC term on the speech encoder against the transcript's "
                                        "characters (0 = off: no CTC head is built)"})
+    align_ctc_init: Optional[str] = field(
+        default=None, metadata={"help": "official SpeechT5 checkpoint (speecht5_base.pt) whose CTC head encoder.proj "
+                                        "initialises the CTC head (shapes checked; the import into the classifier "
+                                        "ignores that key, this stage keeps it); default: a fresh head"})
     encoder_embed_dim: int = II("model.encoder_embed_dim")
 
 
@@ -80,6 +85,29 @@ class AlignCriterion(FairseqCriterion):
         self.pad = dictionary.pad()
         # speech frames [B,T,D] -> characters [B,T,V]: the role of the official encoder.proj
         self.ctc_proj = nn.Linear(cfg.encoder_embed_dim, len(dictionary)) if cfg.align_ctc_weight > 0 else None
+        if cfg.align_ctc_init:
+            self.load_official_ctc_head(cfg.align_ctc_init)
+
+    def load_official_ctc_head(self, path: str) -> None:
+        """encoder.proj.{weight,bias} of an official checkpoint -> the CTC head (the official pre-training's CTC
+        layer over the same dictionary); any other shape is an error naming the file."""
+        from ..checkpoints import is_official_checkpoint, load_state
+
+        if self.ctc_proj is None:
+            raise ValueError(f"criterion.align_ctc_init={path} needs criterion.align_ctc_weight > 0")
+        state = load_state(path)
+        model = state.get("model") or {}
+        if not is_official_checkpoint(state) or "encoder.proj.weight" not in model:
+            raise ValueError(f"criterion.align_ctc_init={path}: not an official SpeechT5 checkpoint with encoder.proj")
+        w, b = model["encoder.proj.weight"], model.get("encoder.proj.bias")
+        if tuple(w.shape) != tuple(self.ctc_proj.weight.shape) or b is None or b.shape != self.ctc_proj.bias.shape:
+            raise ValueError(f"criterion.align_ctc_init={path}: encoder.proj.weight is {tuple(w.shape)}, the CTC head "
+                             f"needs {tuple(self.ctc_proj.weight.shape)} (text dictionary x model dim): another "
+                             f"dict.txt or model size")
+        with torch.no_grad():
+            self.ctc_proj.weight.copy_(w)
+            self.ctc_proj.bias.copy_(b)
+        logger.info(f"xmodal_align: CTC head <- encoder.proj.weight, encoder.proj.bias of {path}")
 
     def load_state_dict(self, state_dict, strict=True):
         """A checkpoint written by another criterion (the imported init, a classifier run) has no criterion state:
