@@ -10,8 +10,9 @@ SEED=${SEED:-1}
 SEEDS=${SEEDS:-"$SEED $((SEED + 1)) $((SEED + 2))"}
 S2C_UPDATES=${S2C_UPDATES:-600}
 T2C_UPDATES=${T2C_UPDATES:-600}
-# The positive control (docs/methods/alignment.md): ALIGN=0 skips the alignment stage and the aligned runs.
-ALIGN=${ALIGN:-1}
+# The positive control (docs/methods/alignment.md): ALIGN=1 adds the alignment stage, the runs from the aligned
+# stand-in and their check (step 11). Off by default until it has been shown to pass within the demo's budget.
+ALIGN=${ALIGN:-0}
 ALIGN_UPDATES=${ALIGN_UPDATES:-200}
 # The tiny demo model gains nothing from intra-op threads on a 2-core machine; the seeds run side by side instead.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -48,7 +49,7 @@ if [ "$ALIGN" = 1 ]; then
     dataset.train_subset=train common.seed="$SEED" checkpoint.finetune_from_model="$OUT/init/s2c.pt" \
     optimization.max_update=$ALIGN_UPDATES hydra.run.dir="$OUT/align/run" > "$OUT/align/train.log" 2>&1 ||
     { tail -30 "$OUT/align/train.log"; exit 1; }
-  grep "\[train\]" "$OUT/align/run/hydra_train.log" | tail -1 | sed "s/^.*| epoch/alignment: last epoch/"
+  grep "\[train\]" "$OUT/align/run/hydra_train.log" | tail -1 | sed "s/^.*\] - epoch/alignment: epoch/"
   xmodal-evaluate --retrieval --checkpoint "$OUT/align/run/checkpoints/checkpoint_last.pt" --data "$OUT/data" \
     --split dev --out-dir "$OUT/retrieval/after" 2>"$OUT/align/retrieval_after.log" | grep -v "^wrote" |
     sed "s/^/after:  /"
