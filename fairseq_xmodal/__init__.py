@@ -14,7 +14,7 @@ console.before_fairseq_import()  # before fairseq's import-time notices (console
 
 from . import fairseq_patches  # noqa: E402
 from .checkpoints import USER_DIR  # noqa: E402
-from .criterions import classification, mona  # noqa: F401  (fairseq does not auto-import user criterions)
+from .criterions import classification, mona, xmodal_align  # noqa: F401  (fairseq does not auto-import user criterions)
 from .models import speecht5  # noqa: F401
 from .tasks import s2c, t2c  # noqa: F401
 

@@ -11,6 +11,7 @@ import sys
 
 from .. import console
 from ..evaluation.evaluate import EvalConfig, evaluate_checkpoint, summary_line
+from ..evaluation import retrieval
 from ..evaluation.shards import merge, parse_shard
 from ..safe_load import add_allow_pickle_flag, allow_full_pickle
 from .transfer import parse_task_args
@@ -48,8 +49,15 @@ def main(argv=None):
                         f"label (default {EvalConfig.majority_threshold})")
     add_allow_pickle_flag(p)
     console.add_verbose(p)
+    p.add_argument("--retrieval", action="store_true",
+                   help="instead of classifying: speech<->text retrieval on the paired split (recall@1/@5, mean rank, "
+                        "chance) -> retrieval.json (evaluation/retrieval.py; --task is not needed)")
+    p.add_argument("--features", default="encoder_mean", choices=["encoder_mean", "decoder", "classifier"],
+                   help="--retrieval: the pooled representation compared (default encoder_mean)")
     args = p.parse_args(argv)
     allow_full_pickle(args.allow_pickle)
+    if args.retrieval:
+        return _retrieval(p, args)
     if args.merge is None and not (args.checkpoint and args.task and args.data):
         p.error("--checkpoint, --task and --data are required (or --merge SHARD_DIR... --out DIR)")
     try:
@@ -73,6 +81,21 @@ def main(argv=None):
     for w in m["warnings"]:
         print(f"WARNING: {w}")
     print(f"wrote {os.path.join(out_dir, 'predictions.tsv')} and {os.path.join(out_dir, 'metrics.json')}")
+    return 0
+
+
+def _retrieval(p, args) -> int:
+    if not (args.checkpoint and args.data):
+        p.error("--retrieval needs --checkpoint and --data")
+    out_dir = args.out_dir
+    try:
+        m = retrieval.retrieval(args.checkpoint, args.data, args.split, out_dir, args.features, args.batch_size,
+                                args.overwrite, args.ci_level, args.bootstrap, args.bootstrap_seed)
+    except EXPECTED as e:
+        print(f"xmodal-evaluate: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    print("\n".join(retrieval.summary_lines(m)))
+    print(f"wrote {os.path.join(out_dir, 'retrieval.json')}")
     return 0
 
 

@@ -34,7 +34,8 @@ IGNORED: List[Tuple[str, str]] = [
     (r"^text_decoder_prenet\.", "text decoder embedding (tied to the text encoder embedding); the classifier's "
                                 "decoder input is an all-zero vector"),
     (r"^text_decoder_postnet\.", "text LM head (tied to the text encoder embedding)"),
-    (r"^encoder\.proj\.", "CTC head"),
+    (r"^encoder\.proj\.", "CTC head: no classifier reads it; the alignment stage takes it from the official file "
+                          "itself (criterion.align_ctc_init, docs/methods/alignment.md)"),
     (r"\.norm_k\.", "built but unused by the post-LN base model"),
     (r"^decoder\.pos_emb\.", "decoder relative-position table, never used by the official decoder"),
     (r"\._float_tensor$", "device-placement buffer of sinusoidal positions (no values)"),

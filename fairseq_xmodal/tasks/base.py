@@ -100,11 +100,10 @@ class ClassificationTask(FairseqTask):
         at build time: the selector `prenet` and the embedder warm-up mean this group."""
         return self.modality.prenet if self.modality is not None else None
 
-    def pair_with_other_modality(self, split: str) -> None:
-        """Wrap the loaded `split` in a PairedDataset with the same rows in the other modality (data/paired_dataset.py),
-        loaded by the other modality's task (fairseq's registry, by its registered name) over the same data folder,
-        dictionaries and labels: t2c pairs with s2c's SpeechClassDataset (16 kHz, no crop), s2c with t2c's
-        TextClassDataset (<data>/spm_char.model, <split>.wrd)."""
+    def load_other_modality(self, split: str):
+        """The same rows of `split` in the other modality, loaded by the other modality's task (fairseq's registry, by
+        its registered name) over the same data folder, dictionaries and labels: t2c pairs with s2c's
+        SpeechClassDataset (16 kHz, no crop), s2c with t2c's TextClassDataset (<data>/spm_char.model, <split>.wrd)."""
         from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
         if self.modality is None:
@@ -115,7 +114,11 @@ class ClassificationTask(FairseqTask):
         sibling = TASK_REGISTRY[name](TASK_DATACLASS_REGISTRY[name](**shared), self.text_dictionary,
                                       self.class_dictionary)
         sibling.load_dataset(split)
-        self.datasets[split] = PairedDataset(self.datasets[split], sibling.datasets[split], split)
+        return sibling.datasets[split]
+
+    def pair_with_other_modality(self, split: str) -> None:
+        """Wrap the loaded `split` in a PairedDataset with the same rows in the other modality (data/paired_dataset.py)."""
+        self.datasets[split] = PairedDataset(self.datasets[split], self.load_other_modality(split), split)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         """fairseq's forward/backward, inside the model's training stage for `update_num` (models/freezing.py):
