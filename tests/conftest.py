@@ -142,6 +142,14 @@ def pytest_collection_modifyitems(config, items):
         # the test function and every fixture it uses (transitively: fixturenames is the closure)
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         funcs = [getattr(item, "function", None)] + [d.func for ds in defs.values() for d in ds]
+        # and the module's own helpers those call (e.g. a helper that starts the command under test)
+        module = getattr(item, "module", None)
+        for fn in list(funcs):
+            try:
+                names = set(re.findall(r"\b([A-Za-z_]\w*)\(", inspect.getsource(fn))) if fn is not None else ()
+            except (OSError, TypeError):
+                names = ()
+            funcs += [v for n in names if inspect.isfunction(v := getattr(module, n, None)) and v not in funcs]
         sources = []
         for fn in funcs:
             try:

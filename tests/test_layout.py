@@ -15,13 +15,8 @@ from typing import Dict, List, Set, Tuple
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fairseq_xmodal")
 # Imports known to close a cycle, each waiting for its fix (importer, imported): why. A cycle through any other
 # import fails the test, and so does an entry that no longer lies on a cycle (delete it then).
-PENDING: Dict[Tuple[str, str], str] = {
-    ("fairseq_xmodal.safe_load", "fairseq_xmodal.sweeps"):
-        "checkpoint-completeness helpers live in sweeps.py, which imports fairseq_patches (launcher_rank); the "
-        "sweeps/ split of issue 13 (i13cli) moves them to sweeps/resume.py, off the cycle",
-    ("fairseq_xmodal.training_guard", "fairseq_xmodal.sweeps"):
-        "the same: repair_last_checkpoint / checkpoint_is_complete, sweeps/resume.py after that split",
-}
+# (importer, imported) -> why that import may still close a cycle for now; empty: the package has none
+PENDING: Dict[Tuple[str, str], str] = {}
 
 Edge = Tuple[str, str, int]  # (importer, imported, line in the importer)
 
