@@ -39,6 +39,18 @@ def hydra_train(config_name, run_dir, *overrides, check=True, cwd=None, timeout=
                    timeout=timeout)
 
 
+def tiny_model(task, seed=0):
+    """A one-layer tiny SpeechT5 classifier for `task`, seeded, no dropout: criterion tests compare exact values."""
+    import torch
+
+    from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig
+
+    torch.manual_seed(seed)
+    cfg = SpeechT5TinyConfig(encoder_layers=1, decoder_layers=1, dropout=0.0, attention_dropout=0.0,
+                             activation_dropout=0.0)
+    return SpeechT5Classifier.build_model(cfg, task).train()
+
+
 @pytest.fixture(autouse=True)
 def _reset_fairseq_globals():
     """fairseq keeps the best score in function attributes; never let one test's best leak into another."""

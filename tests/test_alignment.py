@@ -10,10 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import hydra_train, run_cli
+from conftest import hydra_train, run_cli, tiny_model
 from fairseq_xmodal.criterions.xmodal_align import AlignCriterion, AlignCriterionConfig, info_nce
 from fairseq_xmodal.evaluation import retrieval
-from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig
 from fairseq_xmodal.tasks.s2c import S2CConfig, S2CTask
 
 
@@ -22,13 +21,6 @@ def s2c_paired(corpus_dir):
     task = S2CTask.setup_task(S2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True))
     task.load_dataset("train")
     return task
-
-
-def tiny_model(task, seed=0):
-    torch.manual_seed(seed)
-    cfg = SpeechT5TinyConfig(encoder_layers=1, decoder_layers=1, dropout=0.0, attention_dropout=0.0,
-                             activation_dropout=0.0)
-    return SpeechT5Classifier.build_model(cfg, task).train()
 
 
 def direct_info_nce(zs, zt, tau):

@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from fairseq import checkpoint_utils
 
-from conftest import hydra_train
+from conftest import hydra_train, tiny_model
 from fairseq_xmodal.criterions.classification import ClassificationCriterion
 from fairseq_xmodal.criterions.mona import MonaCriterion, MonaCriterionConfig, alignment, uniformity
 from fairseq_xmodal.data.paired_dataset import PairedDataset
 from fairseq_xmodal.models import modules
-from fairseq_xmodal.models.speecht5 import SpeechT5Classifier, SpeechT5TinyConfig
 from fairseq_xmodal.tasks.s2c import S2CConfig, S2CTask
 from fairseq_xmodal.tasks.t2c import T2CConfig, T2CTask
 
@@ -27,13 +26,6 @@ def t2c_paired(corpus_dir):
     task.load_dataset("train")
     task.load_dataset("valid")
     return task
-
-
-def tiny_model(task, seed=0):
-    torch.manual_seed(seed)
-    cfg = SpeechT5TinyConfig(encoder_layers=1, decoder_layers=1, dropout=0.0, attention_dropout=0.0,
-                             activation_dropout=0.0)
-    return SpeechT5Classifier.build_model(cfg, task).train()
 
 
 def mona(task, **cfg):

@@ -43,6 +43,12 @@ class ClassificationTaskConfig(FairseqDataclass):
                           "by (common.seed, epoch, index) - evaluation splits are never cropped, so there it is an "
                           "error. Nothing is ever dropped silently."},
     )
+    paired_source_modality: bool = field(
+        default=False,
+        metadata={"help": "training splits also load each row in the other modality (t2c: its audio, s2c: its "
+                          "transcript), same folder and rows, into sample['other_modality_net_input'] for the "
+                          "criteria xmodal_mona and xmodal_align (docs/methods/mona.md, docs/methods/alignment.md)"},
+    )
     train_subset: str = II("dataset.train_subset")
     max_tokens_valid: Optional[int] = II("dataset.max_tokens_valid")  # only to fail fast, see check_split_lengths
     seed: int = II("common.seed")

@@ -20,11 +20,6 @@ class S2CConfig(ClassificationTaskConfig):
                           "(common.seed, epoch, index); other splits are always evaluated on the full utterance. "
                           "task.long_utterances=crop does the same for utterances over dataset.max_tokens only"},
     )
-    paired_source_modality: bool = field(
-        default=False,
-        metadata={"help": "training splits also load each row's transcript (t2c's input), same folder and rows, into "
-                          "sample['other_modality_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
-    )
 
 
 @register_task("s2c", dataclass=S2CConfig)

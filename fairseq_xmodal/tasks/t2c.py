@@ -22,11 +22,6 @@ class T2CConfig(ClassificationTaskConfig):
         default=None, metadata={"help": "SpeechT5 spm_char.model (default: <data>/spm_char.model)"}
     )
     text_ext: str = field(default="wrd", metadata={"help": "transcript extension: reads <split>.<text_ext>"})
-    paired_source_modality: bool = field(
-        default=False,
-        metadata={"help": "training splits also load each row's audio (s2c's input), same folder and rows, into "
-                          "sample['other_modality_net_input'] for criterion xmodal_mona (docs/methods/mona.md)"},
-    )
 
 
 @register_task("t2c", dataclass=T2CConfig)
