@@ -97,30 +97,27 @@ def bench2(args, out):
     sys.stdout.flush()
 
 
-def bench3(args, out):
+def _throughput(args, out, key, bench, title):
+    """HF against ours in one run of benchmarks.throughput --bench <bench>: the ratio is what the bench reports."""
     size = args.size or ("base" if args.device.startswith("cuda") else "tiny")
-    print(f"\n[3] training throughput, SLUE-like lengths (lognormal, mean 8 s), speecht5_{size}: batch 1 x "
-          f"update_freq 16 vs max_tokens buckets x update_freq 4", flush=True)
+    print(f"\n{title.format(size=size)}", flush=True)
     res = {}
     for impl in ("hf", "ours"):
-        res[impl] = run_worker(args, "benchmarks.throughput", ["--bench", "train", "--impl", impl, "--size", size,
+        res[impl] = run_worker(args, "benchmarks.throughput", ["--bench", bench, "--impl", impl, "--size", size,
                                                                  "--device", args.device, "--dtype", args.dtype,
                                                                  "--threads", args.threads])
-    out["bench3"] = res
+    out[key] = res
     print_throughput(res)
+
+
+def bench3(args, out):
+    _throughput(args, out, "bench3", "train", "[3] training throughput, SLUE-like lengths (lognormal, mean 8 s), "
+                "speecht5_{size}: batch 1 x update_freq 16 vs max_tokens buckets x update_freq 4")
 
 
 def bench4(args, out):
-    size = args.size or ("base" if args.device.startswith("cuda") else "tiny")
-    print(f"\n[4] evaluation throughput (no_grad, full length), speecht5_{size}: batch 1 vs max_tokens batches",
-          flush=True)
-    res = {}
-    for impl in ("hf", "ours"):
-        res[impl] = run_worker(args, "benchmarks.throughput", ["--bench", "eval", "--impl", impl, "--size", size,
-                                                                 "--device", args.device, "--dtype", args.dtype,
-                                                                 "--threads", args.threads])
-    out["bench4"] = res
-    print_throughput(res)
+    _throughput(args, out, "bench4", "eval", "[4] evaluation throughput (no_grad, full length), speecht5_{size}: "
+                "batch 1 vs max_tokens batches")
 
 
 def print_throughput(res):
