@@ -16,9 +16,15 @@ from conftest import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAKEBIN = os.path.join(REPO, "tests", "fakebin")
-# what a wheel build needs of the checkout; everything else (venvs, outputs, .git) stays behind
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "venv", "__pycache__", "*.egg-info", "build", "dist", "demo_out",
-                                     "bench_out", "wheelhouse", "outputs", "multirun", "sweeps", "tests", "docs")
+# what a wheel build needs of the checkout; everything else (venvs, outputs, .git) stays behind. Only at the top
+# level: a package folder may carry one of these names (fairseq_xmodal/sweeps/).
+_TOP_LEVEL_NOT_SOURCE = {".git", ".venv", "venv", "build", "dist", "demo_out", "bench_out", "wheelhouse", "outputs",
+                         "multirun", "sweeps", "tests", "docs"}
+
+
+def _not_source(folder, names):
+    top = os.path.abspath(folder) == os.path.abspath(REPO)
+    return {n for n in names if n == "__pycache__" or n.endswith(".egg-info") or (top and n in _TOP_LEVEL_NOT_SOURCE)}
 
 
 def _run(args, cwd, env, timeout=600):
@@ -33,7 +39,7 @@ def installed(tmp_path_factory):
     """(venv python, env for its commands, an empty working folder outside the checkout)."""
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
-    shutil.copytree(REPO, src, ignore=_NOT_SOURCE)  # an in-tree build would leave build/ and *.egg-info in the checkout
+    shutil.copytree(REPO, src, ignore=_not_source)  # an in-tree build would leave build/ and *.egg-info in the checkout
     # this environment has setuptools and wheel; no build isolation, so nothing is downloaded
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"),
           str(src)], cwd=root, env={**os.environ, "PIP_NO_INDEX": "1"})
@@ -41,7 +47,9 @@ def installed(tmp_path_factory):
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("fairseq_xmodal/config/t2c_demo.yaml", "fairseq_xmodal/config/model/speecht5_tiny.yaml",
                     "fairseq_xmodal/config/sweep/base/t2c_demo.yaml", "fairseq_xmodal/config/hydra/launcher/slurm.yaml",
-                    "fairseq_xmodal/slurm/array_job.sh", "hydra_plugins/xmodal/__init__.py", "data_prep/demo_corpus.py"):
+                    "fairseq_xmodal/slurm/array_job.sh", "hydra_plugins/xmodal/__init__.py", "data_prep/demo_corpus.py",
+                    "fairseq_xmodal/sweeps/callback.py", "fairseq_xmodal/transfer/build.py",
+                    "hydra_plugins/xmodal/array_launcher.py"):
         assert shipped in names, shipped
     assert not any(n.startswith(("config/", "slurm/", "tests/", "benchmarks/")) for n in names)
 
