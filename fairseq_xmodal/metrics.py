@@ -55,9 +55,12 @@ def slue_scores(gold: Sequence[int], pred: Sequence[int], labels: List[str]) -> 
 
     if not len(gold):
         return scores(np.zeros((len(labels), len(labels))), labels)
-    p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), average=None,
+    p, r, _, _ = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), average=None,
                                                  zero_division=0)
-    return _flat(float(accuracy_score(gold, pred)), p, r, f, labels)
+    # F1 as the criterion's logs compute it from the same P and R (2PR / (P + R)): sklearn's 2tp / (2tp + fp + fn)
+    # is the same number but may differ in the last bit, and a run's logged valid F1 and its offline F1 must agree
+    f1 = _safe_div(2 * p * r, p + r)
+    return _flat(float(accuracy_score(gold, pred)), p, r, f1, labels)
 
 
 def legacy_scores(gold: Sequence[int], pred: Sequence[int], labels: List[str]) -> Dict[str, float]:
