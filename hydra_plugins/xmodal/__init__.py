@@ -40,25 +40,24 @@ def _is_fairseq_app(search_path: ConfigSearchPath) -> bool:
                for e in search_path.get_path())
 
 
-def _requested_config(argv: List[str]) -> Optional[str]:
-    """--config-name/-cn from argv (Hydra's own parser would exit on foreign arguments)."""
+def _flag_value(argv: List[str], *flags: str) -> Optional[str]:
+    """The value of the first of `flags` in argv (`--flag value` or `--flag=value`); Hydra's own parser would exit
+    on foreign arguments."""
     for i, arg in enumerate(argv):
-        for flag in ("--config-name", "-cn"):
+        for flag in flags:
             if arg == flag and i + 1 < len(argv):
                 return argv[i + 1]
             if arg.startswith(flag + "="):
                 return arg[len(flag) + 1:]
     return None
+
+
+def _requested_config(argv: List[str]) -> Optional[str]:
+    return _flag_value(argv, "--config-name", "-cn")
 
 
 def _config_dir_arg(argv: List[str]) -> Optional[str]:
-    for i, arg in enumerate(argv):
-        for flag in ("--config-dir", "-cd"):
-            if arg == flag and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(flag + "="):
-                return arg[len(flag) + 1:]
-    return None
+    return _flag_value(argv, "--config-dir", "-cd")
 
 
 def _primary_source(search_path: ConfigSearchPath, name: str, config_dir: Optional[str]):
