@@ -182,6 +182,16 @@ def plan_cpu_launch(cfg) -> bool:
     return True
 
 
+def check_srun_step(d) -> None:
+    """Several srun tasks that would not form one job (no distributed_port, init method or torchrun environment) would
+    each train the whole model alone and write the same checkpoints: refuse that instead of running N copies."""
+    step_tasks = _env_int("SLURM_STEP_NUM_TASKS", 0) or 0
+    if step_tasks > 1 and d.distributed_port <= 0 and not d.distributed_init_method and not torchrun_env():
+        _fail(f"this srun step has {step_tasks} tasks but distributed_training.distributed_port is unset, so each "
+              f"task would train alone and overwrite the others' checkpoints; set distributed_training."
+              f"distributed_port (e.g. 29671) for one {step_tasks}-rank job, or run with srun --ntasks=1")
+
+
 def check_gpu_launch(cfg) -> None:
     """What fairseq's own GPU launch would fail on later (or silently skip), as one line now."""
     d = cfg.distributed_training
@@ -242,6 +252,7 @@ def call_main(cfg, main, **kwargs):
         return _stand_in(cfg, main, **kwargs)
 
     d = cfg.distributed_training
+    check_srun_step(d)
     if cfg.common.tpu or not wants_distributed(d):
         return _original["call_main"](cfg, main, **kwargs)
     if not cfg.common.cpu:

@@ -347,3 +347,36 @@ def test_probe_features_are_the_model_pooling():
     assert torch.equal(mean, heads.masked_mean(enc, pad)[0]) and not torch.allclose(mean, feats)
     with pytest.raises(ProbeError, match="builds no decoder"):
         pooled_features(model, {"src_tokens": toks}, "decoder")
+
+
+def test_alignment_and_retrieval_read_features_through_the_model_pooling(corpus_dir):
+    """xmodal_align and retrieval pool through model.encode_pooled: a layer_weighted model (which needs the encoder's
+    layer outputs) aligns, gets a gradient on its layer weights, and embeds each row as its own forward pools it."""
+    from fairseq_xmodal.criterions.xmodal_align import AlignCriterion, AlignCriterionConfig
+    from fairseq_xmodal.evaluation.retrieval import pooled
+    from fairseq_xmodal.tasks.t2c import T2CConfig, T2CTask
+
+    task = T2CTask.setup_task(T2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True))
+    task.load_dataset("train")
+    ds = task.datasets["train"]
+    sample = ds.collater([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    cfg = SpeechT5TinyConfig(classifier="layer_weighted", encoder_layers=1, dropout=0.0, attention_dropout=0.0,
+                             activation_dropout=0.0)
+    model = SpeechT5Classifier.build_model(cfg, task).train()
+    with torch.no_grad():
+        model.pooler.layer_weights.copy_(torch.tensor([0.5, -0.5]))
+    crit = AlignCriterion(task, AlignCriterionConfig(align_features="classifier", encoder_embed_dim=cfg.encoder_embed_dim))
+    speech = sample["other_modality_net_input"]
+    enc, pad, layers = model.encode(**speech, return_layers=True)
+    assert torch.equal(crit.features(model, speech)[0], model.pool(enc, pad, layers))
+    loss, _, _ = crit(model, sample)
+    loss.backward()
+    assert model.pooler.layer_weights.grad is not None and model.pooler.layer_weights.grad.abs().sum() > 0
+    model.eval()
+    z = pooled(task, model, ds, "classifier", batch_size=3)  # [N,D], batched and padded
+    with torch.no_grad():
+        for i in (0, len(ds) - 1):
+            row = ds.collater([ds[i]])["net_input"]
+            enc, pad, layers = model.encode(src_tokens=row["src_tokens"], return_layers=True)
+            assert z[i] == pytest.approx(model.pool(enc, pad, layers)[0].double().numpy(), abs=1e-5)

@@ -219,6 +219,19 @@ def test_two_ranks_equal_update_freq_2_s2c(config, corpus_dir, imported_init, tm
     check_same_training(reference, parallel, corpus_dir, "s2c", updates)
 
 
+def test_two_ranks_equal_update_freq_2_t2c_bucketed(corpus_dir, imported_init, tmp_path):
+    """t2c with length-bucketed batches (at most 80 padded tokens, 2 or 3 rows, fairseq's max_tokens) instead of fixed 4."""
+    updates = 6
+    common = recipe(corpus_dir, imported_init["t2c"], updates, "dataset.batch_size=null", "dataset.max_tokens=80",
+                    "dataset.required_batch_size_multiple=1")
+    reference, parallel = str(tmp_path / "uf2"), str(tmp_path / "2ranks")
+    hydra_train("t2c_demo", reference, *common, *UF2)
+    hydra_train("t2c_demo", parallel, *common, *TWO_RANKS)
+    check_same_training(reference, parallel, corpus_dir, "t2c", updates)
+    sizes = {stats["bsz"] for name, stats in logged(parallel) if name == "train_inner"}
+    assert len(sizes) > 1, sizes  # the buckets really differ in size
+
+
 def test_torchrun_takes_ranks_from_the_environment(t2c_runs, corpus_dir, imported_init, tmp_path):
     """torchrun starts both ranks (fairseq reads RANK/WORLD_SIZE/MASTER_*); the sweep callback keeps the books on rank
     0 only (one start, one done), and only rank 0 writes checkpoints."""

@@ -7,7 +7,6 @@ import glob
 import os
 import re
 
-import pytest
 
 from conftest import CONFIG_DIR, fake_slurm_env, run_cli, slurm_array_in_process
 from fairseq_xmodal import sweeps
@@ -25,6 +24,20 @@ def test_array_path_needs_a_port_for_several_tasks(corpus_dir, imported_init, tm
     assert code != 0
     err = capsys.readouterr().err
     assert "2 Slurm tasks per job" in err and "set distributed_training.distributed_port" in err
+
+
+def test_srun_step_of_several_tasks_without_a_port_is_refused(corpus_dir, tmp_path):
+    """Under `srun --ntasks=2` without distributed_port each task would train the whole model alone into the same
+    folder: refused at start, one line, exit 2, nothing written."""
+    env = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_STEP_NODELIST": "node1"}
+    run = tmp_path / "run"
+    proc = run_cli(["fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", "t2c_demo",
+                    f"task.data={corpus_dir}", f"hydra.run.dir={run}"], check=False, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("fairseq-xmodal distributed:")]
+    assert "srun step has 2 tasks but distributed_training.distributed_port is unset" in line
+    assert "Traceback" not in proc.stderr and not (run / "checkpoints").exists()
 
 
 def test_two_node_array_job_matches_reference_and_requeues_on_both_ranks(corpus_dir, imported_init,
@@ -64,8 +77,6 @@ def test_two_node_array_job_matches_reference_and_requeues_on_both_ranks(corpus_
     assert max_param_diff(reference, job_dir) <= TOLERANCE  # measured: 0.0
 
 
-@pytest.mark.skipif(not os.environ.get("XMODAL_TEST_SUBMITIT_SLURM"),
-                    reason="about a minute, mostly submitit polling the fake sacct: set XMODAL_TEST_SUBMITIT_SLURM=1")
 def test_two_node_submitit_job_matches_reference(corpus_dir, imported_init, tmp_path_factory, tmp_path):
     """hydra/launcher=slurm with nodes=2: submitit's own sbatch script starts one task per node with srun, each task
     runs the Hydra job, fairseq takes its rank from SLURM_PROCID."""

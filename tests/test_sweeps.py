@@ -423,8 +423,6 @@ def test_resubmitting_finished_jobs_is_a_noop(slurm_sweep):
     assert after == before
 
 
-@pytest.mark.skipif(not os.environ.get("XMODAL_TEST_SUBMITIT_SLURM"),
-                    reason="about 40 s, mostly submitit polling the fake sacct: set XMODAL_TEST_SUBMITIT_SLURM=1")
 def test_submitit_slurm_launcher_with_fake_slurm(corpus_dir, tmp_path):
     """hydra/launcher=slurm (config/hydra/launcher/slurm.yaml) through submitit, against the fake Slurm commands."""
     sweep_dir = str(tmp_path / "sweep")

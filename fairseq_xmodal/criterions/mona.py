@@ -215,7 +215,7 @@ class MonaCriterion(ClassificationCriterion):
             return {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)}
 
         features = str(self.cfg.mona_features)
-        need_layers = features == "classifier" and model.pooler.needs_layers
+        need_layers = model.needs_layers(features)
         out = functional_call(model.encoder, sub("encoder."), (x, pad), {"return_layers": need_layers})
         enc, layers = out if need_layers else (out, None)
         return model.pool(enc, pad, layers, features=features, params=params)

@@ -123,8 +123,7 @@ class AlignCriterion(FairseqCriterion):
 
     def features(self, model, net_input) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (pooled [B,D], encoder output [B,T,D], padding mask [B,T]) for either modality's net_input."""
-        enc, pad = model.encode(**{k: v for k, v in net_input.items() if k != "src_lengths"})
-        return model.pool(enc, pad, features=str(self.cfg.align_features)), enc, pad
+        return model.encode_pooled(net_input, str(self.cfg.align_features))
 
     def forward(self, model, sample, reduce=True):
         if "other_modality_net_input" not in sample:

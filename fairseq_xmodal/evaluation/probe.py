@@ -155,13 +155,11 @@ def load_probed_model(path: str, task_name: str, data: str, task_overrides: Opti
 
 def pooled_features(model, net_input: Dict[str, Any], features: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """One batch -> (pooled vectors [B,D], non-pad frame/token counts [B]), pooled by the model (heads.py)."""
-    need_layers = features == "classifier" and model.pooler.needs_layers
-    enc, pad, *layers = model.encode(**net_input, return_layers=need_layers)
-    counts = heads.masked_mean(enc, pad)[1]
     try:
-        return model.pool(enc, pad, layers[0] if layers else None, features=features), counts
+        pooled, enc, pad = model.encode_pooled(net_input, features)
     except ValueError as e:
         raise ProbeError(str(e)) from None
+    return pooled, heads.masked_mean(enc, pad)[1]
 
 
 def extract_features(task, model, split: str, features: str = "encoder_mean", batch_size: Optional[int] = 8,

@@ -33,9 +33,7 @@ def pooled(task, model, dataset, features: str, batch_size: int = 8) -> np.ndarr
         for sample in progress(itr, len(itr), "retrieval features", unit="batch"):
             if not sample:
                 continue
-            net = {k: v for k, v in sample["net_input"].items() if k != "src_lengths"}
-            enc, pad = model.encode(**net)
-            z = model.pool(enc, pad, features=features).float().cpu().numpy()  # [B,D]
+            z = model.encode_pooled(sample["net_input"], features)[0].float().cpu().numpy()  # [B,D]
             out = np.zeros((n, z.shape[1]), dtype=np.float64) if out is None else out
             idx = sample["id"].cpu().numpy()
             out[idx] = z

@@ -193,6 +193,17 @@ class SpeechT5Classifier(freezing.StagedFreezing, BaseFairseqModel):
                 return enc, pad, layers
             return self.encoder(x, pad), pad
 
+    def needs_layers(self, features="classifier") -> bool:
+        """Whether pooling `features` reads the encoder's layer outputs (only this model's layer_weighted head)."""
+        return features == "classifier" and self.pooler.needs_layers
+
+    def encode_pooled(self, net_input, features="classifier"):
+        """One batch's net_input -> (pooled [B,D], encoder output [B,T,D], padding mask [B,T]): the one way the probe,
+        the alignment stage and retrieval read features, so every head (layer_weighted too) pools as in forward."""
+        net = {k: v for k, v in net_input.items() if k != "src_lengths"}
+        enc, pad, *layers = self.encode(**net, return_layers=self.needs_layers(features))
+        return self.pool(enc, pad, layers[0] if layers else None, features=features), enc, pad
+
     def pool(self, enc, pad, layers=None, features="classifier", params=None):
         """The one pooling entry point (model, probe, MoNA): enc [B,T,D], pad [B,T] -> [B,D].
         features: `classifier` = what this model's head reads; `encoder_mean`; `decoder` (the zero query).
