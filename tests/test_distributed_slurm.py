@@ -7,7 +7,6 @@ import glob
 import os
 import re
 
-
 from conftest import CONFIG_DIR, fake_slurm_env, run_cli, slurm_array_in_process
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.cli import slurm_array
