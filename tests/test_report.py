@@ -214,7 +214,7 @@ def test_report_over_real_seeds_bands_error_bars_and_summed_confusion(tmp_path_f
     learning = read_csv(out / "learning_groups.csv")
     assert len(learning) == 1 and learning[0]["n"] == "2"
     comps = read_csv(out / "comparisons.csv")
-    assert [(c["a"], c["b"], c["test"]) for c in comps] == [("k4", "majority", "paired t-test over 2 seeds")]
+    assert [(c["a"], c["b"], c["test"]) for c in comps] == [("k4", "majority", "one-sample t-test over 2 seeds")]
     for png in ("loss.png", "valid_f1.png", "f1_vs_shots.png", "confusion_k4.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
     # the band drawn in valid_f1.png: the seeds differ at some epoch, so the interval there has width

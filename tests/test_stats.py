@@ -146,7 +146,10 @@ def test_seed_groups_aggregate_known_metrics_and_t_test_over_seeds(tmp_path):
     assert c["test"] == "paired t-test over 3 seeds" and c["verdict"].startswith("hi better")
     d = v - np.array([f1["lo"][s] for s in (1, 2, 3)])
     assert float(c["p_value"]) == pytest.approx(st.ttest_rel(v, v - d).pvalue)
-    assert comps[("hi", "majority")]["test"] == "paired t-test over 3 seeds"
+    maj = comps[("hi", "majority")]  # one split, one baseline value: a one-sample t-test against it
+    assert maj["test"] == "one-sample t-test over 3 seeds" and maj["verdict"].startswith("hi better")
+    assert float(maj["p_value"]) == pytest.approx(st.ttest_1samp(v, float(maj["b_value"])).pvalue)
+    assert float(maj["difference"]) == pytest.approx(v.mean() - float(maj["b_value"]))
     assert "| hi |" in proc.stdout and "n " in proc.stdout or "| n |" in proc.stdout
 
 
@@ -225,6 +228,15 @@ def test_sweep_pairs_transplanted_against_controls_and_two_valued_axes():
                     f"checkpoint.finetune_from_model=/t/{s}.xavier_uniform.pt model.embedder_warmup_updates={w}") in pairs
     assert len(pairs) == 4 + 4  # 4 transplanted-vs-control pairs, 4 warm-up on/off pairs; never first vs last
     assert not any("first" in a and "last" in b for a, b in pairs)
+
+
+def test_single_seed_sweep_pair_says_why_it_is_not_tested():
+    """A sweep table has training logs only: a one-seed pair gets a reason a user can act on, not a TypeError."""
+    a, b = seeds.Group(("x=1",), "x=1"), seeds.Group(("x=2",), "x=2")
+    a.rows, a.seeds, b.rows, b.seeds = [{"f1": 60.0}], [1], [{"f1": 50.0}], [1]
+    row = seeds.compare(a, b, "f1", b.condition)
+    assert row["verdict"] == "cannot compare" and row["test"].startswith("not tested: one seed per condition")
+    assert "run >= 2 seeds" in row["test"] and "NoneType" not in row["test"]
 
 
 def test_bad_interval_options_are_one_line_errors(tmp_path):

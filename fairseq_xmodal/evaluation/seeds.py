@@ -129,22 +129,31 @@ def compare(a: Group, b: Optional[Group], metric: str, name_b: str,
     predictions(row) -> (ids, gold, pred, num_labels) for the paired test of single-seed groups."""
     va = a.values(metric)
     row: Dict[str, Any] = {"a": a.condition, "b": name_b, "metric": metric, "n_a": len(va), **(extra or {})}
+
+    def read(r):
+        if predictions is None:  # xmodal-sweep-table: training logs, no per-utterance predictions
+            raise ValueError("one seed per condition and no per-utterance predictions here; run >= 2 seeds per "
+                             "condition, or compare the evaluations' predictions with xmodal-report --compare")
+        return predictions(r)
+
     try:
         if b is None:
             vb = {s: baseline(r) for s, r in zip(va, a.rows)}
             row.update(n_b=1, b_value=float(np.mean(list(vb.values()))))
             if len(va) == 1:
-                ids, gold, pred, L = predictions(a.rows[0])
+                ids, gold, pred, L = read(a.rows[0])
                 top = stats.majority_label(gold, L)
                 res = stats.paired_test(gold, pred, [top] * len(gold), L, permutations=permutations)
+            elif len(set(vb.values())) == 1:  # one split, one baseline value: a one-sample test against it
+                res = stats.seed_test_constant(va, next(iter(vb.values())))
             else:
                 res = stats.seed_test(va, vb)
         else:
             vb = b.values(metric)
             row.update(n_b=len(vb), b_value=float(np.mean(list(vb.values()))) if vb else None)
             if len(va) == 1 and len(vb) == 1:
-                ids_a, gold, pred_a, L = predictions(a.rows[0])
-                ids_b, gold_b, pred_b, _ = predictions(b.rows[0])
+                ids_a, gold, pred_a, L = read(a.rows[0])
+                ids_b, gold_b, pred_b, _ = read(b.rows[0])
                 if ids_a != ids_b or gold != gold_b:
                     raise ValueError("the two evaluations are not of the same utterances (ids or gold labels differ)")
                 res = stats.paired_test(gold, pred_a, pred_b, L, permutations=permutations)

@@ -182,7 +182,8 @@ def seed_test(a: Dict[Any, float], b: Dict[Any, float], level: float = DEFAULT_L
 
 
 def seed_test_constant(a: Dict[Any, float], value: float, level: float = DEFAULT_LEVEL) -> Dict[str, Any]:
-    """Seed values of one condition against a fixed number (a baseline of the same split): one-sample t-test."""
+    """Seed values of one condition against a fixed number (the majority baseline of their split): one-sample t-test
+    (scipy.stats.ttest_1samp), the same p-value as a paired test against that number repeated per seed."""
     v = np.array(list(a.values()), float)
     if len(v) < 2:
         raise ValueError("a t-test over seeds needs >= 2 seeds")
