@@ -74,3 +74,20 @@ def test_evaluate_speech_scores_do_not_depend_on_batch_size(imported_init, corpu
         other = predict(task, model_, "valid", **kw)
         assert other.pred == ref.pred
         assert np.abs(other.probs - ref.probs).max() < 1e-5, kw
+
+
+def test_metrics_json_records_the_feature_padding_and_batch_size_leaves_scores(imported_init, corpus_dir, tmp_path):
+    """Through xmodal-evaluate: batch 1 and batch 8 give the same predictions and scores, and metrics.json says which
+    padding mode computed them."""
+    from fairseq_xmodal.evaluation.evaluate import EvalConfig, evaluate_checkpoint
+
+    out = {}
+    for bsz in (1, 8):
+        out[bsz] = evaluate_checkpoint(EvalConfig(checkpoint=imported_init["s2c"], task="s2c", data=corpus_dir,
+                                                  split="valid", out_dir=str(tmp_path / f"b{bsz}"), batch_size=bsz,
+                                                  cpu=True))
+        assert out[bsz]["evaluation"]["feature_padding"] == "masked" and out[bsz]["evaluation"]["batch_size"] == bsz
+    for key in ("accuracy", "macro_f1", "confusion_matrix", "ci", "predicted_distribution"):
+        assert out[1][key] == out[8][key], key
+    preds = [(tmp_path / f"b{b}" / "predictions.tsv").read_text().splitlines() for b in (1, 8)]
+    assert [r.split("\t")[:3] for r in preds[0]] == [r.split("\t")[:3] for r in preds[1]]

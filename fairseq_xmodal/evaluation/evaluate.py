@@ -267,7 +267,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> Dict[str, Any]:
             "data": os.path.abspath(cfg.data), "split": cfg.split, "rows": len(pred.ids),
             "classifier": heads.describe(model)}  # kind; layer_weighted: its softmax layer weights
     evaluation = {"batch_size": cfg.batch_size, "max_tokens": cfg.max_tokens, "device": device,
-                  "full_length_audio": True, "task_overrides": dict(cfg.task_overrides)}
+                  "full_length_audio": True, "task_overrides": dict(cfg.task_overrides),
+                  # how padded speech rows were computed: "masked" scores do not depend on batch_size/max_tokens
+                  "feature_padding": str(model.speech_encoder_prenet.feature_padding)}
     ci = (cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed)  # the merge of shards uses the same intervals
     os.makedirs(out_dir, exist_ok=True)
     if cfg.shard is not None:  # one part of a sharded evaluation: shards.merge makes the whole of it
