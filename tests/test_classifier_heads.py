@@ -370,9 +370,10 @@ def test_alignment_and_retrieval_read_features_through_the_model_pooling(corpus_
     speech = sample["other_modality_net_input"]
     enc, pad, layers = model.encode(**speech, return_layers=True)
     assert torch.equal(crit.features(model, speech)[0], model.pool(enc, pad, layers))
-    loss, _, _ = crit(model, sample)
+    loss, sample_size, log = crit(model, sample)
     loss.backward()
     assert model.pooler.layer_weights.grad is not None and model.pooler.layer_weights.grad.abs().sum() > 0
+    assert sum(log[f"_lw:{n}"] for n in ("input", "layer1")) == pytest.approx(sample_size)  # logged, sum to one
     model.eval()
     z = pooled(task, model, ds, "classifier", batch_size=3)  # [N,D], batched and padded
     with torch.no_grad():

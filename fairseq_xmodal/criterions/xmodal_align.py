@@ -28,6 +28,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from ..models import heads
+
 logger = logging.getLogger(__name__)
 
 FEATURES = ChoiceEnum(["classifier", "encoder_mean", "decoder"])
@@ -143,6 +145,8 @@ class AlignCriterion(FairseqCriterion):
             log["ctc_loss"] = ctc.data
         n = z_s.size(0)
         log.update({"loss": loss.data, "ntokens": sample.get("ntokens", n), "nsentences": n, "sample_size": n})
+        if model.needs_layers(str(self.cfg.align_features)):  # the weights this stage trains, as classification logs them
+            log.update(heads.layer_weight_log(model, n))
         return loss, n, log
 
     def ctc_loss(self, enc, pad, tokens) -> torch.Tensor:
@@ -165,6 +169,7 @@ class AlignCriterion(FairseqCriterion):
             metrics.log_scalar("ctc_loss", total("ctc_loss") / max(n, 1) / math.log(2), n, round=3)
         metrics.log_scalar("tau", total("tau") / max(n, 1), n, round=4)
         metrics.log_scalar("s2t_acc", total("_s2t_correct") / max(n, 1), n, round=4)
+        heads.reduce_layer_weights(logging_outputs, n, metrics.log_scalar)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
