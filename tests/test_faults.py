@@ -16,7 +16,7 @@ from conftest import hydra_train, run_cli
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.cli import slurm_array
 from fairseq_xmodal.checkpoints import load_state
-from refusals import assert_refused
+from refusals import assert_refused, assert_training_refused
 
 
 def digest(path):
@@ -198,14 +198,18 @@ def test_plain_run_repairs_a_half_written_checkpoint_last(imported_init, corpus_
     assert load_state(str(last))["optimizer_history"][-1]["num_updates"] == 6
 
 
-def test_relative_task_data_under_hydra_names_the_absolute_path(corpus_dir, tmp_path):
+def test_relative_or_missing_task_data_under_hydra_is_one_line(corpus_dir, tmp_path):
     parent = os.path.dirname(corpus_dir)
     rel = os.path.basename(corpus_dir)
     proc = hydra_train("t2c_demo", str(tmp_path / "run"), f"task.data={rel}", "optimization.max_update=1",
                        check=False, cwd=parent)
-    assert proc.returncode != 0
-    assert f"task.data={rel}: no such data folder" in proc.stderr
-    assert f"e.g. task.data={corpus_dir}" in proc.stderr and "Hydra set to the run folder" in proc.stderr
+    assert_training_refused(proc, f"task.data={rel}: no such data folder", f"e.g. task.data={corpus_dir}",
+                            "Hydra set to the run folder")
+    missing = tmp_path / "no_such_data"
+    proc = hydra_train("t2c_demo", str(tmp_path / "run2"), f"task.data={missing}", "optimization.max_update=1",
+                       check=False)
+    assert_training_refused(proc, f"task.data={missing}: no such data folder")
+    assert not missing.exists() and not list(tmp_path.glob("run*/checkpoints/*.pt"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
