@@ -168,18 +168,30 @@ def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_
 
 def test_finetune_from_official_or_mismatched_checkpoint_is_refused_at_start(official_tiny, imported_init,
                                                                               damaged_corpus, tmp_path):
+    inputs = {p: digest(p) for p in (official_tiny, imported_init["t2c"])}
     proc = hydra_train("t2c_demo", str(tmp_path / "official_run"), f"task.data={damaged_corpus}",
                        "optimization.max_update=1", f"checkpoint.finetune_from_model={official_tiny}", check=False)
-    assert proc.returncode != 0
-    assert f"{official_tiny} is an official SpeechT5 checkpoint" in proc.stderr and "xmodal-import-official" in proc.stderr
+    assert_training_refused(proc, f"{official_tiny} is an official SpeechT5 checkpoint", "xmodal-import-official")
 
-    (damaged_corpus / "labels.sent.txt").write_text("Positive\nNegative\nNeutral\n")  # same labels, other order
-    proc = hydra_train("t2c_demo", str(tmp_path / "reordered_run"), f"task.data={damaged_corpus}",
+    # the text dictionary differs (two symbols swapped): the text prenet's rows would mean other symbols
+    dict_txt = damaged_corpus / "dict.txt"
+    original = dict_txt.read_text()
+    rows = original.splitlines()
+    rows[4], rows[5] = rows[5], rows[4]
+    dict_txt.write_text("\n".join(rows) + "\n")
+    proc = hydra_train("t2c_demo", str(tmp_path / "symbols_run"), f"task.data={damaged_corpus}",
                        "optimization.max_update=1", f"checkpoint.finetune_from_model={imported_init['t2c']}",
                        check=False)
-    assert proc.returncode != 0
-    assert "class dictionary mismatch" in proc.stderr and "silently permuted" in proc.stderr
-    assert not list((tmp_path / "reordered_run").glob("checkpoints/*.pt"))
+    assert_training_refused(proc, "text dictionary mismatch", imported_init["t2c"], dict_txt)
+    dict_txt.write_text(original)
+
+    (damaged_corpus / "labels.sent.txt").write_text("Positive\nNegative\nNeutral\n")  # same labels, other order
+    for run, option in (("reordered_run", "finetune_from_model"), ("restore_run", "restore_file")):
+        proc = hydra_train("t2c_demo", str(tmp_path / run), f"task.data={damaged_corpus}",
+                           "optimization.max_update=1", f"checkpoint.{option}={imported_init['t2c']}", check=False)
+        assert_training_refused(proc, "class dictionary mismatch", "silently permuted", imported_init["t2c"])
+    assert not list(tmp_path.glob("*_run/checkpoints/*.pt"))
+    assert {p: digest(p) for p in inputs} == inputs
 
 
 def test_plain_run_repairs_a_half_written_checkpoint_last(imported_init, corpus_dir, tmp_path):
