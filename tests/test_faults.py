@@ -113,6 +113,36 @@ def test_full_and_read_only_output_locations_are_named(official_tiny, corpus_dir
                        "read-only file system")
 
 
+def test_evaluate_on_a_disk_that_fills_between_its_two_files(imported_init, corpus_dir, tmp_path):
+    """Through the console: room for predictions.tsv but not for metrics.json. Exit 2, one line naming metrics.json,
+    and the folder holds what it held before (nothing, or the previous pair), no temp file."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def cmd(out, split, *extra):
+        return ["xmodal-evaluate", "--checkpoint", imported_init["t2c"], "--task", "t2c", "--data", corpus_dir,
+                "--split", split, "--out", str(out), *extra]
+
+    def pages(path):
+        return -(-os.path.getsize(path) // page)
+
+    ref = tmp_path / "ref"  # the sizes this evaluation writes
+    run_cli(cmd(ref, "test"))
+    pred, metrics = pages(ref / "predictions.tsv"), pages(ref / "metrics.json")
+    checkpoint = digest(imported_init["t2c"])
+    with tiny_mount(tmp_path / "fresh", f"size={pred * page}") as disk:
+        assert_refused(run_cli(cmd(disk / "eval", "test"), check=False), disk / "eval" / "metrics.json",
+                       "no space left")
+        assert os.listdir(disk / "eval") == []  # neither file
+    with tiny_mount(tmp_path / "full", f"size={(2 * pred + metrics) * page}") as disk:
+        shutil.copytree(ref, disk / "eval")  # the previous pair (another split's), then room for one more tsv only
+        before = {n: (disk / "eval" / n).read_bytes() for n in ("predictions.tsv", "metrics.json")}
+        assert_refused(run_cli(cmd(disk / "eval", "valid", "--overwrite"), check=False),
+                       disk / "eval" / "metrics.json", "no space left")
+        assert {n: (disk / "eval" / n).read_bytes() for n in before} == before
+        assert sorted(os.listdir(disk / "eval")) == ["metrics.json", "predictions.tsv"]
+    assert digest(imported_init["t2c"]) == checkpoint
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation: bad audio, outputs together or not at all
 
