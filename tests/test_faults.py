@@ -304,3 +304,22 @@ def test_every_writing_command_needs_overwrite_to_replace(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
     assert len(err) == 4 and all("--overwrite" in ln for ln in err), err
     assert str(out / "speecht5_base.pt") in err[0] and str(md) in err[3]
+
+
+def test_prepare_transplants_replaces_nothing_without_overwrite(imported_init, corpus_dir, tmp_path):
+    out = tmp_path / "tp"
+
+    def cmd(layers, *extra):
+        return ["xmodal-prepare-transplants", "--source", imported_init["s2c"], "--base", imported_init["t2c"],
+                "--task", "t2c", "--data", corpus_dir, "--out", str(out), "--inits", "xavier_uniform",
+                "--layers", layers, *extra]
+
+    run_cli(cmd("first"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # other layer sets into the same folder: the first grid's manifest is not replaced unasked
+    assert_refused(run_cli(cmd("last"), check=False), out / "transplants.json", "--overwrite")
+    # one file of the grid exists: refused before any other is written (no partial grid)
+    assert_refused(run_cli(cmd("last,first"), check=False), out / "first.xavier_uniform.pt", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    run_cli(cmd("last", "--overwrite"))
+    assert list(json.load(open(out / "transplants.json"))["layer_sets"]) == ["last"]
