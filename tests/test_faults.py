@@ -1,7 +1,6 @@
 """Clean refusals, never a lost file: the overwrite rule, seeded imports, evaluation outputs written together, full
 or read-only output locations, bad audio, checkpoints that do not fit the data at fine-tune start, half-written
 checkpoint_last.pt in a plain run, relative task.data under Hydra, SIGKILL'd array jobs."""
-import contextlib
 import errno
 import hashlib
 import json
@@ -12,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import hydra_train, run_cli
+from conftest import hydra_train, run_cli, tiny_mount
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.cli import slurm_array
 from fairseq_xmodal.checkpoints import load_state
@@ -85,19 +84,6 @@ def test_modality_from_an_official_file_reads_it_once(official_tiny, imported_in
 
 # ---------------------------------------------------------------------------------------------------------------
 # Output locations that cannot be written
-
-
-@contextlib.contextmanager
-def tiny_mount(path, options):
-    """A tmpfs at `path` (root only; skipped elsewhere): 'size=64k' is a full disk, 'ro' a read-only one."""
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_full_and_read_only_output_locations_are_named(official_tiny, corpus_dir, tmp_path):
