@@ -309,3 +309,14 @@ def test_prepare_transplants_replaces_nothing_without_overwrite(imported_init, c
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     run_cli(cmd("last", "--overwrite"))
     assert list(json.load(open(out / "transplants.json"))["layer_sets"]) == ["last"]
+
+
+def test_output_below_a_file_is_one_line(official_tiny, imported_init, corpus_dir, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file where a folder was meant\n")
+    assert_refused(run_cli(import_cmd(official_tiny, corpus_dir, blocker / "t2c.pt"), check=False), blocker,
+                   "is a file, not a folder")
+    assert_refused(run_cli(["xmodal-evaluate", "--checkpoint", imported_init["t2c"], "--task", "t2c", "--data",
+                            corpus_dir, "--out", str(blocker / "eval")], check=False), blocker / "eval",
+                   "goes through a file, not a folder")
+    assert blocker.read_text() == "a file where a folder was meant\n"
