@@ -1,6 +1,7 @@
 """The audio pass of `xmodal-prepare-slue`: cut every utterance out of its raw clip, on worker processes that die
 with the parent (process_control), with progress lines that show in Slurm logs."""
 import datetime
+import io
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -48,7 +49,15 @@ def _audio_job(job: Tuple[str, Optional[str], float, float]) -> Tuple[Optional[i
         return None, f"audio file {src} is unreadable ({e})", "re-download or re-encode it"
     if len(data) != b - a:
         return None, f"audio file {src} is truncated (read {len(data)} of {b - a} samples)", "re-download it"
-    sf.write(dst, data, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    # encoded in memory, then written with a plain file write: on a full disk libsndfile only says "problem with
+    # initialization of the flac decoder" (no errno); the write raises OSError(ENOSPC) naming the file. Same bytes.
+    flac = io.BytesIO()
+    sf.write(flac, data, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    try:
+        with open(dst, "wb") as f:
+            f.write(flac.getvalue())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, dst) from None
     return len(data), None, None
 
 

@@ -249,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:  # a full or read-only output location
         from fairseq_xmodal.cli.errors import describe_os_error
 
+        if e.filename and os.path.abspath(e.filename).startswith(os.path.abspath(args.out) + ".tmp-"):
+            e = OSError(e.errno, e.strerror, args.out)  # the temp folder is removed by now: name the output's path
         print(f"xmodal-prepare-slue: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -17,7 +17,8 @@
    same trainer, DDP wrapper (legacy_ddp), all-reduces and checkpoint broadcast as on GPUs. On GPUs fairseq's call_main
    runs unchanged, after a check that the launch can start.
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
-   others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too.
+   others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too,
+   as does a task.data that is no folder (relative paths: Hydra changed the working directory), on every route.
 
    Why a patch: fairseq has no launcher plug-in; call_main is what fairseq_cli.hydra_train calls.
 
@@ -46,6 +47,7 @@ torch.load call site. A fairseq upgrade cannot change what the patches do unnoti
 """
 import contextvars
 import datetime
+import functools
 import logging
 import os
 import socket
@@ -244,12 +246,26 @@ def stand_in_for_training(fn) -> None:
     _stand_in = fn
 
 
+def _main_refusing_missing_data(main, cfg, **kwargs):
+    """fairseq's train `main`, with a task.data that is no folder as one line and exit status 2: Hydra would print a
+    traceback and exit 1 for the ValueError. A module-level function (in a partial), so that spawned ranks can
+    unpickle it."""
+    from .tasks.base import DataFolderError
+
+    try:
+        return main(cfg, **kwargs)
+    except DataFolderError as e:
+        print(f"fairseq-xmodal: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CANNOT_START) from None
+
+
 def call_main(cfg, main, **kwargs):
     """fairseq.distributed.utils.call_main with a CPU/gloo route (module docstring) and no silent no-op."""
     from omegaconf import open_dict
 
     if _stand_in is not None:
         return _stand_in(cfg, main, **kwargs)
+    main = functools.partial(_main_refusing_missing_data, main)
 
     d = cfg.distributed_training
     check_srun_step(d)

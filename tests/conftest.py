@@ -1,4 +1,5 @@
 """Shared fixtures: a learnable corpus, a tiny official-format SpeechT5 checkpoint, and a real fairseq-hydra-train."""
+import contextlib
 import importlib.resources
 import re
 import os
@@ -37,6 +38,19 @@ def hydra_train(config_name, run_dir, *overrides, check=True, cwd=None, timeout=
     return run_cli(["fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", config_name,
                     f"hydra.run.dir='{run_dir}'", *overrides], cwd=cwd or run_dir.rsplit("/", 1)[0], check=check,
                    timeout=timeout)
+
+
+@contextlib.contextmanager
+def tiny_mount(path, options):
+    """A tmpfs at `path` (root only; skipped elsewhere): 'size=64k' is a full disk, 'ro' a read-only one."""
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def tiny_model(task, seed=0):

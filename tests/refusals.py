@@ -21,3 +21,15 @@ def assert_refused(proc, path, *words):
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
+
+
+def assert_training_refused(proc, *words):
+    """fairseq-hydra-train stopped at start by fairseq_xmodal: exit 2, no traceback, exactly one `fairseq-xmodal`
+    line naming `words` (Hydra's and fairseq's own chatter around it is not ours to count); returns the line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("fairseq-xmodal")]
+    assert len(lines) == 1, lines
+    for w in words:
+        assert str(w) in lines[0], lines[0]
+    return lines[0]

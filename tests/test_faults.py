@@ -1,7 +1,6 @@
 """Clean refusals, never a lost file: the overwrite rule, seeded imports, evaluation outputs written together, full
 or read-only output locations, bad audio, checkpoints that do not fit the data at fine-tune start, half-written
 checkpoint_last.pt in a plain run, relative task.data under Hydra, SIGKILL'd array jobs."""
-import contextlib
 import errno
 import hashlib
 import json
@@ -12,11 +11,11 @@ import subprocess
 import pytest
 import torch
 
-from conftest import hydra_train, run_cli
+from conftest import hydra_train, run_cli, tiny_mount
 from fairseq_xmodal import sweeps
 from fairseq_xmodal.cli import slurm_array
 from fairseq_xmodal.checkpoints import load_state
-from refusals import assert_refused
+from refusals import assert_refused, assert_training_refused
 
 
 def digest(path):
@@ -87,19 +86,6 @@ def test_modality_from_an_official_file_reads_it_once(official_tiny, imported_in
 # Output locations that cannot be written
 
 
-@contextlib.contextmanager
-def tiny_mount(path, options):
-    """A tmpfs at `path` (root only; skipped elsewhere): 'size=64k' is a full disk, 'ro' a read-only one."""
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_full_and_read_only_output_locations_are_named(official_tiny, corpus_dir, tmp_path):
     with tiny_mount(tmp_path / "full", "size=64k") as full:
         out = full / "t2c.pt"
@@ -111,6 +97,36 @@ def test_full_and_read_only_output_locations_are_named(official_tiny, corpus_dir
         out = ro / "sub" / "t2c.pt"
         assert_refused(run_cli(import_cmd(official_tiny, corpus_dir, out), check=False), ro / "sub",
                        "read-only file system")
+
+
+def test_evaluate_on_a_disk_that_fills_between_its_two_files(imported_init, corpus_dir, tmp_path):
+    """Through the console: room for predictions.tsv but not for metrics.json. Exit 2, one line naming metrics.json,
+    and the folder holds what it held before (nothing, or the previous pair), no temp file."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def cmd(out, split, *extra):
+        return ["xmodal-evaluate", "--checkpoint", imported_init["t2c"], "--task", "t2c", "--data", corpus_dir,
+                "--split", split, "--out", str(out), *extra]
+
+    def pages(path):
+        return -(-os.path.getsize(path) // page)
+
+    ref = tmp_path / "ref"  # the sizes this evaluation writes
+    run_cli(cmd(ref, "test"))
+    pred, metrics = pages(ref / "predictions.tsv"), pages(ref / "metrics.json")
+    checkpoint = digest(imported_init["t2c"])
+    with tiny_mount(tmp_path / "fresh", f"size={pred * page}") as disk:
+        assert_refused(run_cli(cmd(disk / "eval", "test"), check=False), disk / "eval" / "metrics.json",
+                       "no space left")
+        assert os.listdir(disk / "eval") == []  # neither file
+    with tiny_mount(tmp_path / "full", f"size={(2 * pred + metrics) * page}") as disk:
+        shutil.copytree(ref, disk / "eval")  # the previous pair (another split's), then room for one more tsv only
+        before = {n: (disk / "eval" / n).read_bytes() for n in ("predictions.tsv", "metrics.json")}
+        assert_refused(run_cli(cmd(disk / "eval", "valid", "--overwrite"), check=False),
+                       disk / "eval" / "metrics.json", "no space left")
+        assert {n: (disk / "eval" / n).read_bytes() for n in before} == before
+        assert sorted(os.listdir(disk / "eval")) == ["metrics.json", "predictions.tsv"]
+    assert digest(imported_init["t2c"]) == checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,18 +184,30 @@ def test_evaluation_writes_both_files_or_neither(imported_init, corpus_dir, tmp_
 
 def test_finetune_from_official_or_mismatched_checkpoint_is_refused_at_start(official_tiny, imported_init,
                                                                               damaged_corpus, tmp_path):
+    inputs = {p: digest(p) for p in (official_tiny, imported_init["t2c"])}
     proc = hydra_train("t2c_demo", str(tmp_path / "official_run"), f"task.data={damaged_corpus}",
                        "optimization.max_update=1", f"checkpoint.finetune_from_model={official_tiny}", check=False)
-    assert proc.returncode != 0
-    assert f"{official_tiny} is an official SpeechT5 checkpoint" in proc.stderr and "xmodal-import-official" in proc.stderr
+    assert_training_refused(proc, f"{official_tiny} is an official SpeechT5 checkpoint", "xmodal-import-official")
 
-    (damaged_corpus / "labels.sent.txt").write_text("Positive\nNegative\nNeutral\n")  # same labels, other order
-    proc = hydra_train("t2c_demo", str(tmp_path / "reordered_run"), f"task.data={damaged_corpus}",
+    # the text dictionary differs (two symbols swapped): the text prenet's rows would mean other symbols
+    dict_txt = damaged_corpus / "dict.txt"
+    original = dict_txt.read_text()
+    rows = original.splitlines()
+    rows[4], rows[5] = rows[5], rows[4]
+    dict_txt.write_text("\n".join(rows) + "\n")
+    proc = hydra_train("t2c_demo", str(tmp_path / "symbols_run"), f"task.data={damaged_corpus}",
                        "optimization.max_update=1", f"checkpoint.finetune_from_model={imported_init['t2c']}",
                        check=False)
-    assert proc.returncode != 0
-    assert "class dictionary mismatch" in proc.stderr and "silently permuted" in proc.stderr
-    assert not list((tmp_path / "reordered_run").glob("checkpoints/*.pt"))
+    assert_training_refused(proc, "text dictionary mismatch", imported_init["t2c"], dict_txt)
+    dict_txt.write_text(original)
+
+    (damaged_corpus / "labels.sent.txt").write_text("Positive\nNegative\nNeutral\n")  # same labels, other order
+    for run, option in (("reordered_run", "finetune_from_model"), ("restore_run", "restore_file")):
+        proc = hydra_train("t2c_demo", str(tmp_path / run), f"task.data={damaged_corpus}",
+                           "optimization.max_update=1", f"checkpoint.{option}={imported_init['t2c']}", check=False)
+        assert_training_refused(proc, "class dictionary mismatch", "silently permuted", imported_init["t2c"])
+    assert not list(tmp_path.glob("*_run/checkpoints/*.pt"))
+    assert {p: digest(p) for p in inputs} == inputs
 
 
 def test_plain_run_repairs_a_half_written_checkpoint_last(imported_init, corpus_dir, tmp_path):
@@ -198,14 +226,18 @@ def test_plain_run_repairs_a_half_written_checkpoint_last(imported_init, corpus_
     assert load_state(str(last))["optimizer_history"][-1]["num_updates"] == 6
 
 
-def test_relative_task_data_under_hydra_names_the_absolute_path(corpus_dir, tmp_path):
+def test_relative_or_missing_task_data_under_hydra_is_one_line(corpus_dir, tmp_path):
     parent = os.path.dirname(corpus_dir)
     rel = os.path.basename(corpus_dir)
     proc = hydra_train("t2c_demo", str(tmp_path / "run"), f"task.data={rel}", "optimization.max_update=1",
                        check=False, cwd=parent)
-    assert proc.returncode != 0
-    assert f"task.data={rel}: no such data folder" in proc.stderr
-    assert f"e.g. task.data={corpus_dir}" in proc.stderr and "Hydra set to the run folder" in proc.stderr
+    assert_training_refused(proc, f"task.data={rel}: no such data folder", f"e.g. task.data={corpus_dir}",
+                            "Hydra set to the run folder")
+    missing = tmp_path / "no_such_data"
+    proc = hydra_train("t2c_demo", str(tmp_path / "run2"), f"task.data={missing}", "optimization.max_update=1",
+                       check=False)
+    assert_training_refused(proc, f"task.data={missing}: no such data folder")
+    assert not missing.exists() and not list(tmp_path.glob("run*/checkpoints/*.pt"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,3 +290,33 @@ def test_every_writing_command_needs_overwrite_to_replace(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
     assert len(err) == 4 and all("--overwrite" in ln for ln in err), err
     assert str(out / "speecht5_base.pt") in err[0] and str(md) in err[3]
+
+
+def test_prepare_transplants_replaces_nothing_without_overwrite(imported_init, corpus_dir, tmp_path):
+    out = tmp_path / "tp"
+
+    def cmd(layers, *extra):
+        return ["xmodal-prepare-transplants", "--source", imported_init["s2c"], "--base", imported_init["t2c"],
+                "--task", "t2c", "--data", corpus_dir, "--out", str(out), "--inits", "xavier_uniform",
+                "--layers", layers, *extra]
+
+    run_cli(cmd("first"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # other layer sets into the same folder: the first grid's manifest is not replaced unasked
+    assert_refused(run_cli(cmd("last"), check=False), out / "transplants.json", "--overwrite")
+    # one file of the grid exists: refused before any other is written (no partial grid)
+    assert_refused(run_cli(cmd("last,first"), check=False), out / "first.xavier_uniform.pt", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    run_cli(cmd("last", "--overwrite"))
+    assert list(json.load(open(out / "transplants.json"))["layer_sets"]) == ["last"]
+
+
+def test_output_below_a_file_is_one_line(official_tiny, imported_init, corpus_dir, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file where a folder was meant\n")
+    assert_refused(run_cli(import_cmd(official_tiny, corpus_dir, blocker / "t2c.pt"), check=False), blocker,
+                   "is a file, not a folder")
+    assert_refused(run_cli(["xmodal-evaluate", "--checkpoint", imported_init["t2c"], "--task", "t2c", "--data",
+                            corpus_dir, "--out", str(blocker / "eval")], check=False), blocker / "eval",
+                   "goes through a file, not a folder")
+    assert blocker.read_text() == "a file where a folder was meant\n"

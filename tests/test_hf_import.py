@@ -2,6 +2,7 @@
 
 The folders are randomly initialised HF models written with `save_pretrained` (nothing is fetched from a hub); the
 imported checkpoint, loaded through fairseq's own loader, must give HF's encoder outputs within 1e-5."""
+import hashlib
 import json
 
 import pytest
@@ -119,3 +120,17 @@ def test_hf_folder_refusals_are_one_line(tmp_path, corpus_dir, vocab):
     cfg_path.write_text(json.dumps(cfg))
     assert_refused(import_cli(tmp_path / "tts", "t2c", corpus_dir, tmp_path / "c.pt"), "model.safetensors")
     assert not any((tmp_path / n).exists() for n in ("a.pt", "b.pt", "c.pt"))
+
+
+def test_hf_folder_files_are_never_the_output(tmp_path, corpus_dir, vocab):
+    save_hf(transformers.SpeechT5ForTextToSpeech, tmp_path / "tts", vocab, speaker_embedding_dim=16)
+    files = {n: hashlib.sha256((tmp_path / "tts" / n).read_bytes()).hexdigest()
+             for n in ("config.json", "model.safetensors")}
+    listing = sorted(p.name for p in (tmp_path / "tts").iterdir())
+    for name in files:
+        target = tmp_path / "tts" / name
+        proc = run_cli(["xmodal-import-official", "--checkpoint", str(tmp_path / "tts"), "--task", "t2c", "--data",
+                        corpus_dir, "--out", str(target), "--overwrite"], check=False)
+        assert_refused(proc, target, "is an input of this command")
+    assert {n: hashlib.sha256((tmp_path / "tts" / n).read_bytes()).hexdigest() for n in files} == files
+    assert sorted(p.name for p in (tmp_path / "tts").iterdir()) == listing  # no .import.json beside them either

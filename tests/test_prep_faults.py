@@ -12,9 +12,9 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import BIN
+from conftest import BIN, tiny_mount
 from data_prep.slue_rows import DataPrepError
-from refusals import refusal_lines
+from refusals import assert_refused, refusal_lines
 from test_data_prep import SMALL, make_rows, run, vocab, write_folder  # noqa: F401  (vocab: fixture)
 
 
@@ -101,6 +101,19 @@ def test_sigkill_leaves_no_workers_and_the_next_run_names_the_temp_folder(tmp_pa
     assert again.returncode == 0, again.stderr[-2000:]
     assert str(stale) in again.stdout and f"rm -rf {stale}" in again.stdout
     assert stale.exists()  # named, not deleted behind the user's back
+
+
+def test_full_output_disk_is_one_line_naming_the_output(tmp_path, vocab):
+    small_folder(tmp_path, n_copies=4)
+    before = {p: p.read_bytes() for p in (tmp_path / "slue").rglob("*") if p.is_file()}
+    with tiny_mount(tmp_path / "disk", "size=64k") as disk:
+        cmd = prep_cmd(tmp_path, vocab, "--workers", "2")
+        out = disk / "data"
+        cmd[cmd.index("--out") + 1] = str(out)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert_refused(proc, f"no space left on the device holding {out}:", "choose another output location")
+        assert os.listdir(disk) == []  # the temp folder is removed, no output
+    assert {p: p.read_bytes() for p in (tmp_path / "slue").rglob("*") if p.is_file()} == before
 
 
 def test_workers_default_to_the_cpus_of_this_process(tmp_path, vocab, monkeypatch):

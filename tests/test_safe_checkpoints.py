@@ -119,12 +119,16 @@ def test_pickle_payload_is_refused_by_every_command(tmp_path, corpus_dir):
                 ["xmodal-import-official", "--checkpoint", path, "--task", "t2c", "--data", corpus_dir,
                  "--out", str(tmp_path / "i.pt")],
                 ["xmodal-prepare-transplants", "--source", path, "--task", "t2c", "--data", corpus_dir,
-                 "--base", path, "--out", str(tmp_path / "tp")]):
+                 "--base", path, "--out", str(tmp_path / "tp")],
+                ["xmodal-transfer", "--source", path, "--task", "t2c", "--data", corpus_dir,
+                 "--out", str(tmp_path / "t.pt")],
+                ["xmodal-probe", "--checkpoint", path, "--modality", "text", "--data", corpus_dir,
+                 "--out", str(tmp_path / "p")]):
         assert_refused(run_cli(cmd, check=False), path, "allow-list")
     with pytest.raises(UnsafeCheckpointError, match=path):  # fairseq's loader names the file, not "<stream>"
         checkpoint_utils.load_checkpoint_to_cpu(path)
     assert not marker.exists()
-    assert not any((tmp_path / n).exists() for n in ("e", "i.pt", "t.pt", "tp"))
+    assert not any((tmp_path / n).exists() for n in ("e", "i.pt", "t.pt", "tp", "p"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ def describe_os_error(e: OSError) -> str:
         return f"permission denied:{where}: make it writable/readable or choose another location"
     if e.errno == errno.ENOENT:
         return f"{path or 'a file'} not found: check the path"
+    # makedirs of an output's folder where a file of that name is (EEXIST), or a path through a file (ENOTDIR)
+    if e.errno == errno.EEXIST and path and os.path.isfile(path):
+        return f"{path} is a file, not a folder: choose another output location"
+    if e.errno == errno.ENOTDIR:
+        return f"{path or 'a path'} goes through a file, not a folder: choose another output location"
     return f"{e.strerror or e}{':' + where if where else ''}"
 
 

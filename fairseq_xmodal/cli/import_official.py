@@ -43,6 +43,8 @@ def main(argv=None):
     overrides = {"classifier": args.classifier} if args.classifier != "decoder_query" else None
     sidecar = args.out + ".import.json"
     inputs = [args.checkpoint, args.sid_dict, args.text_prenet_from]
+    if is_hf_folder(args.checkpoint):  # a transformers folder is read through its two files: both are inputs
+        inputs += [os.path.join(args.checkpoint, n) for n in ("config.json", "model.safetensors")]
     refuse_existing(args.out, args.overwrite, inputs)
     refuse_existing(sidecar, args.overwrite, inputs)
     if os.path.isdir(args.checkpoint) and not is_hf_folder(args.checkpoint):

@@ -30,7 +30,7 @@ from ..selectors import LAYERED, named_layers
 from ..transfer import INIT_STRATEGIES, TransferError, TransferPlan, transfer
 from .transfer import parse_task_args
 from .. import console
-from .errors import EXPECTED, console_main, one_line
+from .errors import EXPECTED, console_main, one_line, refuse_existing
 
 FORMAT = "fairseq_xmodal.transplants/1"
 TRANSFERRED = "transferred"
@@ -56,9 +56,14 @@ def prepare(source: str, base: str, task: str, data: str, out_dir: str, group: s
             sets[name] = named_layers(name, int(n_layers), f"--layers {name}")
         except ValueError as e:
             raise TransferError(str(e)) from None
+    jobs = [(name, idx, init) for name, idx in sets.items() for init in inits]
+    # the output rule for every file before the first is written: a refusal at the third checkpoint would leave a
+    # partial grid, and transplants.json (no transfer guards it) would replace another grid's manifest unasked
+    outs = [os.path.join(out_dir, f"{name}.{init}.pt") for name, _, init in jobs]
+    for path in outs + [f"{o}.transfer.json" for o in outs] + [os.path.join(out_dir, "transplants.json")]:
+        refuse_existing(path, overwrite, (source, base))
     os.makedirs(out_dir, exist_ok=True)
     files = {}
-    jobs = [(name, idx, init) for name, idx in sets.items() for init in inits]
     for name, idx, init in progress(jobs, len(jobs), "transplants", unit="checkpoint"):
         selector = f"{group}.layers.{','.join(map(str, idx))}"  # the indices, as resolved for the manifest
         out = os.path.abspath(os.path.join(out_dir, f"{name}.{init}.pt"))

@@ -54,6 +54,11 @@ class ClassificationTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
+class DataFolderError(ValueError):
+    """task.data is no folder. fairseq-hydra-train reports it as one line with exit status 2
+    (fairseq_patches.call_main), not as Hydra's traceback."""
+
+
 def check_data_folder(data: str) -> None:
     """task.data must be an existing folder. A relative path is read from the working directory, which
     fairseq-hydra-train changes to the run folder: say so, with the absolute path that was probably meant."""
@@ -74,7 +79,7 @@ def check_data_folder(data: str) -> None:
             os.path.realpath(original) != os.path.realpath(os.getcwd()) else ""
         hint = (f"; a relative path is read from the working directory {os.getcwd()}{moved}: pass an absolute path"
                 + (f", e.g. task.data={meant}" if os.path.isdir(meant) else ""))
-    raise ValueError(f"task.data={data}: no such data folder{hint}")
+    raise DataFolderError(f"task.data={data}: no such data folder{hint}")
 
 
 class ClassificationTask(FairseqTask):
