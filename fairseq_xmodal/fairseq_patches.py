@@ -246,15 +246,15 @@ def stand_in_for_training(fn) -> None:
     _stand_in = fn
 
 
-def _main_refusing_missing_data(main, cfg, **kwargs):
-    """fairseq's train `main`, with a task.data that is no folder as one line and exit status 2: Hydra would print a
-    traceback and exit 1 for the ValueError. A module-level function (in a partial), so that spawned ranks can
-    unpickle it."""
-    from .tasks.base import DataFolderError
+def _main_refusing_bad_data(main, cfg, **kwargs):
+    """fairseq's train `main`, with a data folder the task cannot use (no folder, a missing or malformed file, not
+    UTF-8: tasks.base.DataInputError) as one line and exit status 2: Hydra would print a traceback and exit 1 for the
+    ValueError. A module-level function (in a partial), so that spawned ranks can unpickle it."""
+    from .tasks.base import DataInputError
 
     try:
         return main(cfg, **kwargs)
-    except DataFolderError as e:
+    except DataInputError as e:
         print(f"fairseq-xmodal: {e}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_CANNOT_START) from None
 
@@ -265,7 +265,7 @@ def call_main(cfg, main, **kwargs):
 
     if _stand_in is not None:
         return _stand_in(cfg, main, **kwargs)
-    main = functools.partial(_main_refusing_missing_data, main)
+    main = functools.partial(_main_refusing_bad_data, main)
 
     d = cfg.distributed_training
     check_srun_step(d)

@@ -240,6 +240,30 @@ def test_relative_or_missing_task_data_under_hydra_is_one_line(corpus_dir, tmp_p
     assert not missing.exists() and not list(tmp_path.glob("run*/checkpoints/*.pt"))
 
 
+def test_bad_data_folder_files_under_hydra_are_one_line(corpus_dir, tmp_path):
+    """A labels file that is not UTF-8 (read at task setup) and a malformed manifest line (read at load_dataset):
+    exit 2 and one line naming the file (and line), not Hydra's traceback and exit 1; the files are left as they were."""
+    latin = tmp_path / "latin1"
+    shutil.copytree(corpus_dir, latin)
+    labels = latin / "labels.sent.txt"
+    labels.write_bytes(labels.read_bytes().replace(b"Neutral", "Neutr\u00e9l".encode("latin1")))
+    before = labels.read_bytes()
+    proc = hydra_train("t2c_demo", str(tmp_path / "run"), f"task.data={latin}", "optimization.max_update=1",
+                       check=False)
+    assert_training_refused(proc, f"{labels} is not UTF-8 text", "iconv")
+    assert labels.read_bytes() == before
+
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus_dir, broken)
+    manifest = broken / "valid.tsv"
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(rows[:3] + [rows[3].replace("\t", " ")] + rows[4:]) + "\n")
+    proc = hydra_train("s2c_demo", str(tmp_path / "run2"), f"task.data={broken}", "optimization.max_update=1",
+                       check=False)
+    assert_training_refused(proc, f"{manifest}:4: expected")
+    assert not list(tmp_path.glob("run*/checkpoints/*.pt"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A Slurm array task whose training is SIGKILL'd (OOM killer, node failure)
 

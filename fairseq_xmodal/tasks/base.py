@@ -1,4 +1,5 @@
 """What s2c and t2c share: the data folder, the text and class dictionaries, and long-utterance policy."""
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -54,9 +55,28 @@ class ClassificationTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-class DataFolderError(ValueError):
-    """task.data is no folder. fairseq-hydra-train reports it as one line with exit status 2
-    (fairseq_patches.call_main), not as Hydra's traceback."""
+class DataInputError(ValueError):
+    """A data-folder file (or a data setting) the task cannot use; the message names the file, line and fix.
+    fairseq-hydra-train reports it as one line with exit status 2 (fairseq_patches.call_main), not as Hydra's
+    traceback and exit 1; the xmodal-* commands, which catch ValueError, see a ValueError."""
+
+
+class DataFolderError(DataInputError):
+    """task.data is no folder."""
+
+
+def refusing_bad_data(fn):
+    """For the task methods that read the data folder (setup_task, load_dataset, get_batch_iterator): the readers'
+    ValueError / FileNotFoundError, whose messages name the file and the fix, become DataInputError."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DataInputError:
+            raise
+        except (ValueError, FileNotFoundError) as e:
+            raise DataInputError(str(e).strip() or type(e).__name__) from e
+    return wrapped
 
 
 def check_data_folder(data: str) -> None:
@@ -94,6 +114,7 @@ class ClassificationTask(FairseqTask):
         self.state.merge_state_dict(task_state.record(class_dictionary, text_dictionary))
 
     @classmethod
+    @refusing_bad_data
     def setup_task(cls, cfg, **kwargs):
         check_data_folder(cfg.data)
         text_dict = load_text_dictionary(cfg.text_dictionary or os.path.join(cfg.data, "dict.txt"))
@@ -171,6 +192,7 @@ class ClassificationTask(FairseqTask):
     def split_of(self, dataset) -> Optional[str]:
         return next((name for name, ds in self.datasets.items() if ds is dataset), None)
 
+    @refusing_bad_data
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, **kwargs):
         """fairseq's length-bucketed batching (dataset.sizes: samples for s2c, tokens for t2c; a batch holds at most

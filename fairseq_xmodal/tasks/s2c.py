@@ -8,7 +8,7 @@ from fairseq.tasks import register_task
 from ..data.speech_dataset import SpeechClassDataset
 from ..data.split_files import read_ids, read_labels, read_manifest
 from ..modalities import SPEECH
-from .base import ClassificationTask, ClassificationTaskConfig
+from .base import ClassificationTask, ClassificationTaskConfig, refusing_bad_data
 
 
 @dataclass
@@ -27,6 +27,7 @@ class S2CTask(ClassificationTask):
     cfg: S2CConfig
     modality = SPEECH
 
+    @refusing_bad_data
     def load_dataset(self, split: str, **kwargs):
         root, files, sizes = read_manifest(self.cfg.data, split)
         has_labels = os.path.isfile(os.path.join(self.cfg.data, f"{split}.{self.cfg.labels}"))

@@ -11,7 +11,7 @@ from ..data.split_files import read_ids, read_labels, read_lines
 from ..data.text_dataset import TextClassDataset
 from ..modalities import TEXT
 from ..text_vocab import unencodable_chars
-from .base import ClassificationTask, ClassificationTaskConfig
+from .base import ClassificationTask, ClassificationTaskConfig, refusing_bad_data
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class T2CTask(ClassificationTask):
             ids.append(i)
         return torch.LongTensor(ids)
 
+    @refusing_bad_data
     def load_dataset(self, split: str, **kwargs):
         path = os.path.join(self.cfg.data, f"{split}.{self.cfg.text_ext}")
         lines = read_lines(path, "one transcript per line")
