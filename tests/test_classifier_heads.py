@@ -306,18 +306,24 @@ def test_sweep_config_crosses_classifier_and_task(corpus_dir):
     assert cfg["checkpoint"]["finetune_from_model"] == "/inits/t2c_layer_weighted.pt"
 
 
-def test_mona_reads_features_through_the_model_pooling(corpus_dir):
-    from fairseq_xmodal.criterions.mona import MonaCriterion, MonaCriterionConfig
+def paired_layer_weighted(corpus_dir, rows):
+    """t2c with paired speech rows, a batch of the first `rows` training rows, and a seeded one-layer layer_weighted
+    model without dropout (the criteria that pool speech and text through the model)."""
     from fairseq_xmodal.tasks.t2c import T2CConfig, T2CTask
 
     task = T2CTask.setup_task(T2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True))
     task.load_dataset("train")
     ds = task.datasets["train"]
-    sample = ds.collater([ds[i] for i in range(6)])
     torch.manual_seed(0)
     cfg = SpeechT5TinyConfig(classifier="layer_weighted", encoder_layers=1, dropout=0.0, attention_dropout=0.0,
                              activation_dropout=0.0)
-    model = SpeechT5Classifier.build_model(cfg, task).train()
+    return task, ds, ds.collater([ds[i] for i in range(rows)]), SpeechT5Classifier.build_model(cfg, task).train()
+
+
+def test_mona_reads_features_through_the_model_pooling(corpus_dir):
+    from fairseq_xmodal.criterions.mona import MonaCriterion, MonaCriterionConfig
+
+    task, ds, sample, model = paired_layer_weighted(corpus_dir, rows=6)
     crit = MonaCriterion(task, MonaCriterionConfig(mona_features="classifier"))
     src = sample["other_modality_net_input"]
     enc, pad, layers = model.encode(**src, return_layers=True)
@@ -354,19 +360,12 @@ def test_alignment_and_retrieval_read_features_through_the_model_pooling(corpus_
     layer outputs) aligns, gets a gradient on its layer weights, and embeds each row as its own forward pools it."""
     from fairseq_xmodal.criterions.xmodal_align import AlignCriterion, AlignCriterionConfig
     from fairseq_xmodal.evaluation.retrieval import pooled
-    from fairseq_xmodal.tasks.t2c import T2CConfig, T2CTask
 
-    task = T2CTask.setup_task(T2CConfig(data=corpus_dir, train_subset="train", seed=1, paired_source_modality=True))
-    task.load_dataset("train")
-    ds = task.datasets["train"]
-    sample = ds.collater([ds[i] for i in range(4)])
-    torch.manual_seed(0)
-    cfg = SpeechT5TinyConfig(classifier="layer_weighted", encoder_layers=1, dropout=0.0, attention_dropout=0.0,
-                             activation_dropout=0.0)
-    model = SpeechT5Classifier.build_model(cfg, task).train()
+    task, ds, sample, model = paired_layer_weighted(corpus_dir, rows=4)
     with torch.no_grad():
         model.pooler.layer_weights.copy_(torch.tensor([0.5, -0.5]))
-    crit = AlignCriterion(task, AlignCriterionConfig(align_features="classifier", encoder_embed_dim=cfg.encoder_embed_dim))
+    crit = AlignCriterion(task, AlignCriterionConfig(align_features="classifier",
+                                                     encoder_embed_dim=model.cfg.encoder_embed_dim))
     speech = sample["other_modality_net_input"]
     enc, pad, layers = model.encode(**speech, return_layers=True)
     assert torch.equal(crit.features(model, speech)[0], model.pool(enc, pad, layers))
