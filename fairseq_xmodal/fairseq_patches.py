@@ -18,7 +18,8 @@
    runs unchanged, after a check that the launch can start.
    A launch that cannot start exits with status 2 and one line saying what to set; a rank that has not reached the
    others within XMODAL_DIST_TIMEOUT_S seconds (default 600; also the timeout of every later collective) exits 2 too,
-   as does a task.data that is no folder (relative paths: Hydra changed the working directory), on every route.
+   as does a data folder the task cannot use (task.data no folder, e.g. a relative path after Hydra changed the
+   working directory; a missing, malformed or non-UTF-8 file: tasks.base.DataInputError), on every route.
 
    Why a patch: fairseq has no launcher plug-in; call_main is what fairseq_cli.hydra_train calls.
 

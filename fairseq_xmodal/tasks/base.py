@@ -61,10 +61,6 @@ class DataInputError(ValueError):
     traceback and exit 1; the xmodal-* commands, which catch ValueError, see a ValueError."""
 
 
-class DataFolderError(DataInputError):
-    """task.data is no folder."""
-
-
 def refusing_bad_data(fn):
     """For the task methods that read the data folder (setup_task, load_dataset, get_batch_iterator): the readers'
     ValueError / FileNotFoundError, whose messages name the file and the fix, become DataInputError."""
@@ -99,7 +95,7 @@ def check_data_folder(data: str) -> None:
             os.path.realpath(original) != os.path.realpath(os.getcwd()) else ""
         hint = (f"; a relative path is read from the working directory {os.getcwd()}{moved}: pass an absolute path"
                 + (f", e.g. task.data={meant}" if os.path.isdir(meant) else ""))
-    raise DataFolderError(f"task.data={data}: no such data folder{hint}")
+    raise DataInputError(f"task.data={data}: no such data folder{hint}")
 
 
 class ClassificationTask(FairseqTask):
